@@ -1,0 +1,3 @@
+from irnn_search.cli import main
+
+main()

@@ -1,0 +1,382 @@
+"""The ``irnn-search`` command line.
+
+Commands are thin: they parse options, call the service layer and render results. torch and the
+package's heavy modules are imported inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from irnn_search.service.single import Run
+    from irnn_search.train import TrainResult
+
+app = typer.Typer(
+    name="irnn-search",
+    help="Hyperparameter search for long-memory recurrent networks (IRNN, expRNN, nnRNN, asRNN, LSTM, ...).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _fail(message: str, hint: str | None = None) -> typer.Exit:
+    console = _console(stderr=True)
+    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print(hint, style="dim", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"{flag} expects KEY=VALUE, got {pair!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def _parse_clip(value: str | None) -> float | None:
+    if value is None or value.strip().lower() in ("off", "none", "0", "0.0"):
+        return None
+    try:
+        clip = float(value)
+    except ValueError:
+        raise _fail(f"--clip must be a positive number or 'off', got {value!r}") from None
+    if not clip > 0 or not math.isfinite(clip):
+        raise _fail(f"--clip must be a positive number or 'off', got {value!r}")
+    return clip
+
+
+class _Display:
+    """Rich progress bar: step, loss, latest validation metric against the baseline, steps/s, ETA."""
+
+    def __init__(self, run: Run, total: int, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.metric = run.task.metric
+        self.baseline = run.task.baseline().get(self.metric)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[val]}"),
+            TextColumn("{task.fields[rate]} steps/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.id = self.progress.add_task(
+            f"{run.model.family} on {run.task.name}", total=total, loss="-", val="", rate="-"
+        )
+        self.ema: float | None = None
+
+    def __enter__(self) -> _Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start_at(self, step: int) -> None:
+        self.progress.update(self.id, completed=step)
+
+    def on_step(self, step: int, loss: float) -> None:
+        self.ema = loss if self.ema is None else 0.95 * self.ema + 0.05 * loss
+        self.progress.update(self.id, completed=step, loss=f"{self.ema:.4g}")
+
+    def on_report(self, step: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(f"val_{self.metric}", math.nan)
+        base = f" (baseline {self.baseline:.4g})" if self.baseline is not None else ""
+        self.progress.update(
+            self.id, val=f"val {self.metric} {value:.4g}{base}", rate=f"{metrics.get('steps_per_s', 0):.1f}"
+        )
+
+
+def _print_summary(summary: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    outcome = summary["outcome"]
+    colour = {"completed": "green", "diverged": "red", "interrupted": "yellow", "stopped": "yellow"}[outcome]
+    console.print(
+        f"[bold {colour}]{outcome}[/]: {summary['reason']} · {summary['steps']} steps · "
+        f"{summary['steps_per_s']:.1f} steps/s · {summary['parameters']:,} parameters",
+        highlight=False,
+    )
+    table = Table(title=f"{summary['model']} on {summary['task']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("final (val)", justify="right")
+    table.add_column("best (val)", justify="right")
+    table.add_column("memoryless baseline", justify="right")
+    if "test" in summary:
+        table.add_column("test (final model)", justify="right")
+    names = sorted({k.removeprefix("val_") for k in summary["final"] if k.startswith("val_")})
+    for name in names:
+        row = [
+            name + (" *" if f"val_{name}" == summary["metric"] else ""),
+            f"{summary['final'].get(f'val_{name}', math.nan):.4g}",
+            f"{summary['best'].get(f'val_{name}', math.nan):.4g}",
+            f"{summary['baseline'][name]:.4g}" if name in summary["baseline"] else "",
+        ]
+        if "test" in summary:
+            row.append(f"{summary['test'].get(name, math.nan):.4g}")
+        table.add_row(*row)
+    if names:
+        console.print(table)
+        if summary["best"]:
+            console.print(f"* selection metric ({summary['direction']}); best at step {int(summary['best']['step'])}")
+
+
+@app.command("train")
+def train_cmd(
+    task: Annotated[str, typer.Option(help="task name (see `irnn-search tasks`)")] = "adding",
+    model: Annotated[str, typer.Option(help="model family (see `irnn-search models`)")] = "irnn",
+    T: Annotated[int | None, typer.Option("--T", help="sequence length (adding) or delay (copy)")] = None,
+    hidden: Annotated[int | None, typer.Option(help="hidden units")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd | adam | rmsprop")] = "adam",
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    lr_orth: Annotated[float | None, typer.Option(help="learning rate of orthogonal parameters (default: lr)")] = None,
+    momentum: Annotated[float, typer.Option(help="SGD momentum")] = 0.0,
+    alpha: Annotated[float, typer.Option(help="RMSprop smoothing constant")] = 0.99,
+    clip: Annotated[str | None, typer.Option(help="gradient-norm clipping threshold, or 'off'")] = None,
+    identity_scale: Annotated[float | None, typer.Option(help="IRNN: W_hh = scale·I at init")] = None,
+    forget_bias: Annotated[float | None, typer.Option(help="LSTM: initial forget-gate bias")] = None,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 2000,
+    batch_size: Annotated[int | None, typer.Option(help="batch size (default: the task's literature value)")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="steps between evaluations (default: steps/20)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (data stream and initialisation)")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: IRNN_SEARCH_THREADS or torch's)", min=1)
+    ] = None,
+    task_opt: Annotated[
+        list[str] | None, typer.Option("--task-opt", "-t", help="task option KEY=VALUE (repeatable)")
+    ] = None,
+    model_opt: Annotated[
+        list[str] | None, typer.Option("--model-opt", "-m", help="model option KEY=VALUE (repeatable)")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="folder holding the dataset files (MNIST, PTB)", envvar="IRNN_SEARCH_DATA_DIR")
+    ] = None,
+    checkpoint_dir: Annotated[
+        str | None, typer.Option(help="save last.pt/best.pt here; an existing last.pt is resumed")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="resume from checkpoint-dir/last.pt if present")] = True,
+    test: Annotated[bool, typer.Option(help="evaluate the final model on the test split too")] = False,
+    plot: Annotated[str | None, typer.Option(help="write the learning curve to this PNG")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
+) -> None:
+    """Train one model on one task with fixed hyperparameters."""
+    import threading
+
+    from irnn_search.models import ModelError
+    from irnn_search.options import OptionError
+    from irnn_search.settings import Settings
+    from irnn_search.tasks import TaskError, task_class
+    from irnn_search.train import TrainConfig, TrainError
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    task_options: dict[str, Any] = _parse_pairs(task_opt or [], "--task-opt")
+    model_options: dict[str, Any] = _parse_pairs(model_opt or [], "--model-opt")
+    if T is not None:
+        task_options["T"] = T
+    for key, value in (("hidden_size", hidden), ("identity_scale", identity_scale), ("forget_bias", forget_bias)):
+        if value is not None:
+            model_options[key] = value
+    try:
+        fields = task_class(task).config_cls.__dataclass_fields__
+        if "data_dir" in fields and "data_dir" not in task_options and (data_dir or settings.data_dir):
+            task_options["data_dir"] = data_dir or str(settings.data_dir)
+        if "cache_dir" in fields and "cache_dir" not in task_options and settings.cache_dir:
+            task_options["cache_dir"] = str(settings.cache_dir)
+    except TaskError as exc:
+        raise _fail(str(exc), "run `irnn-search tasks` to list them") from None
+
+    import torch
+
+    from irnn_search.service.single import execute, prepare_run
+
+    if threads or settings.threads:
+        torch.set_num_threads(threads or settings.threads or 1)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
+
+    try:
+        config = TrainConfig(
+            steps=steps,
+            optimizer=optimizer,
+            lr=lr,
+            lr_orth=lr_orth,
+            momentum=momentum,
+            alpha=alpha,
+            clip=_parse_clip(clip),
+            eval_every=eval_every or max(1, steps // 20),
+            seed=seed,
+            device=device,
+        )
+        run = prepare_run(
+            task=task,
+            task_options=task_options,
+            model=model,
+            model_options=model_options,
+            config=config,
+            batch_size=batch_size,
+        )
+    except (TaskError, ModelError, TrainError, OptionError) as exc:
+        raise _fail(str(exc)) from None
+
+    # First Ctrl-C (or SIGTERM): finish the current step, checkpoint, stop. Second Ctrl-C: abort.
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        _console(stderr=True).print("[yellow]stopping after the current step (Ctrl-C again to abort)[/]")
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    console = _console(stderr=True)
+    try:
+        with _Display(run, steps, console) as display:
+            result, summary = execute(
+                run,
+                report=display.on_report,
+                progress=display.on_step,
+                stop=stop,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                test=test,
+            )
+    except (TaskError, TrainError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    if plot and result.history:
+        from irnn_search.plots import learning_curve
+
+        learning_curve(
+            result.history,
+            metric=run.task.metric,
+            baseline=run.task.baseline().get(run.task.metric),
+            title=f"{run.model.family} on {run.task.name} (seed {seed})",
+            path=plot,
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    else:
+        _print_summary(summary, _console())
+        if plot and result.history:
+            _console().print(f"learning curve: {plot}")
+    _exit_for(result)
+
+
+def _exit_for(result: TrainResult) -> None:
+    if result.outcome == "diverged":
+        raise typer.Exit(EXIT_DIVERGED)
+    if result.outcome == "interrupted":
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command("tasks")
+def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable listing")] = False) -> None:
+    """List the benchmark tasks and their options."""
+    from irnn_search.options import describe_options
+    from irnn_search.tasks import TASK_NAMES, task_class
+
+    rows = []
+    for name in TASK_NAMES:
+        cls = task_class(name)
+        rows.append(
+            {
+                "name": name,
+                "description": cls.description,
+                "metric": cls.metric,
+                "direction": cls.direction,
+                "batch_size": cls.default_batch_size,
+                "options": [
+                    {"name": n, "type": t, "default": d, "help": h} for n, t, d, h in describe_options(cls.config_cls)
+                ],
+            }
+        )
+    _print_listing(rows, as_json, extra=("metric", "direction", "batch_size"))
+
+
+@app.command("models")
+def models_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable listing")] = False) -> None:
+    """List the model families and their options."""
+    from irnn_search.models import MODELS
+    from irnn_search.options import describe_options
+
+    rows = [
+        {
+            "name": name,
+            "description": cls.description,
+            "options": [
+                {"name": n, "type": t, "default": d, "help": h} for n, t, d, h in describe_options(cls.config_cls)
+            ],
+        }
+        for name, cls in MODELS.items()
+    ]
+    _print_listing(rows, as_json, extra=())
+
+
+def _print_listing(rows: list[dict[str, Any]], as_json: bool, extra: tuple[str, ...]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(rows, default=str) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(show_lines=True)
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for key in extra:
+        table.add_column(key)
+    table.add_column("options (default)")
+    for row in rows:
+        opts = "\n".join(f"{o['name']} = {o['default']!r}  [dim]{o['help']}[/]" for o in row["options"])
+        table.add_row(row["name"], row["description"], *(str(row[k]) for k in extra), opts)
+    _console().print(table)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        from irnn_search import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,45 @@
+"""Recurrent model families (torch only). ``MODELS`` maps a family name to its class."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from irnn_search.models.base import ModelConfig, ModelError, ParamGroup, RecurrentModel, State
+from irnn_search.models.irnn import IRNN
+from irnn_search.models.lstm import LSTM
+from irnn_search.models.rnn import TanhRNN
+from irnn_search.options import OptionError, build_config
+
+MODELS: dict[str, type[RecurrentModel]] = {
+    "irnn": IRNN,
+    "rnn": TanhRNN,
+    "lstm": LSTM,
+}
+
+
+def model_class(name: str) -> type[RecurrentModel]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
+
+
+def build_model(
+    name: str,
+    options: Mapping[str, Any] | None,
+    *,
+    input_size: int,
+    output_size: int,
+    vocab_size: int | None = None,
+) -> RecurrentModel:
+    """Instantiate a family with user options for a task's input/output sizes (and vocabulary)."""
+    cls = model_class(name)
+    try:
+        config = build_config(cls.config_cls, options or {}, f"model {name!r}")
+    except OptionError as exc:
+        raise ModelError(str(exc)) from None
+    return cls(config, input_size=input_size, output_size=output_size, vocab_size=vocab_size)
+
+
+__all__ = ["MODELS", "ModelConfig", "ModelError", "ParamGroup", "RecurrentModel", "State", "build_model", "model_class"]

@@ -1,0 +1,47 @@
+"""Benchmark tasks (torch only). ``TASKS`` maps a task name to its class."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from irnn_search.options import OptionError, build_config
+from irnn_search.tasks.base import Batch, Task, TaskConfig, TaskError
+
+# name -> "module:Class"; imported on first use so listing one task does not load every dataset module.
+_TASKS: dict[str, str] = {
+    "adding": "irnn_search.tasks.adding:AddingTask",
+    "copy": "irnn_search.tasks.copy:CopyTask",
+    "smnist": "irnn_search.tasks.mnist:SMnistTask",
+    "pmnist": "irnn_search.tasks.mnist:PMnistTask",
+    "ptb": "irnn_search.tasks.ptb:PTBTask",
+    "digits-smoke": "irnn_search.tasks.mnist:DigitsSmokeTask",
+    "digits-smoke-permuted": "irnn_search.tasks.mnist:PDigitsSmokeTask",
+    "ptb-smoke": "irnn_search.tasks.ptb:PTBSmokeTask",
+}
+TASK_NAMES = tuple(_TASKS)
+
+
+def task_class(name: str) -> type[Task]:
+    """The class registered under ``name``; an unknown name lists the valid ones."""
+    try:
+        module, cls = _TASKS[name].split(":")
+    except KeyError:
+        raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)}") from None
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def build_task(
+    name: str, options: Mapping[str, Any] | None = None, *, seed: int = 0, batch_size: int | None = None
+) -> Task:
+    """Instantiate a task from its name and user options (strings are coerced to field types)."""
+    cls = task_class(name)
+    try:
+        config = build_config(cls.config_cls, options or {}, f"task {name!r}")
+    except OptionError as exc:
+        raise TaskError(str(exc)) from None
+    return cls(config, seed=seed, batch_size=batch_size)
+
+
+__all__ = ["TASK_NAMES", "Batch", "Task", "TaskConfig", "TaskError", "build_task", "task_class"]

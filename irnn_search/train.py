@@ -1,0 +1,356 @@
+"""The training loop: one plain function, torch only.
+
+``train(model, task, config)`` runs optimizer steps, evaluates every ``eval_every`` steps and
+hands the metrics to one ``report(step, metrics)`` hook. Divergence (non-finite loss, exploding
+gradient norm or hidden state) is a normal outcome with a stated reason, never an exception.
+With a ``checkpoint_dir`` the run saves ``last.pt`` at every evaluation (and when stopped) and
+``best.pt`` whenever the validation metric improves; a run started again on the same folder resumes
+where it stopped and, on CPU, continues bit-identically (batches are a pure function of the step,
+so the data position is the step counter).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from irnn_search.models.base import RecurrentModel, State, detach_state, state_abs_max
+from irnn_search.tasks.base import Batch, Split, Task, derive_seed
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+Outcome = Literal["completed", "diverged", "stopped", "interrupted"]
+CHECKPOINT_FORMAT = 1
+
+#: report(step, metrics) -> True to stop the run early (e.g. a pruner); may also raise.
+ReportHook = Callable[[int, dict[str, float]], bool | None]
+#: progress(step, train_loss) after every optimizer step (progress bars).
+ProgressHook = Callable[[int, float], None]
+
+
+class TrainError(ValueError):
+    """The run cannot start: bad settings or a checkpoint that belongs to another run."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
+    optimizer: str = "adam"  # sgd | adam | rmsprop
+    lr: float = 1e-3
+    # Learning rate of constrained (orthogonal) parameter groups; None = same as lr. The expRNN
+    # rule of thumb is lr / 10.
+    lr_orth: float | None = None
+    momentum: float = 0.0  # SGD only (the IRNN paper used plain SGD)
+    alpha: float = 0.99  # RMSprop smoothing (PyTorch default; NNR/ASR also use 0.9, EURNN 0.5)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam
+    clip: float | None = None  # gradient-norm clipping threshold; None or 0 = off
+    eval_every: int = 100  # steps between evaluations (and checkpoints)
+    seed: int = 0  # seeds the training data stream (and the global RNGs via seed_everything)
+    device: str = "cpu"
+    # Divergence: stop when the gradient norm (before clipping) or the largest hidden-state entry
+    # exceeds these. Non-finite values always count as divergence.
+    max_grad_norm: float = 1e8
+    max_hidden: float = 1e6
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr must be a positive number, got {self.lr}")
+        if self.lr_orth is not None and not (self.lr_orth > 0 and math.isfinite(self.lr_orth)):
+            problems.append(f"lr_orth must be a positive number, got {self.lr_orth}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.alpha < 1:
+            problems.append(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.clip is not None and not (self.clip >= 0 and not math.isnan(self.clip)):
+            problems.append(f"clip must be >= 0 (0 = off), got {self.clip}")
+        if self.eval_every < 1:
+            problems.append(f"eval_every must be >= 1, got {self.eval_every}")
+        if problems:
+            raise TrainError("; ".join(problems))
+
+
+@dataclass
+class TrainResult:
+    outcome: Outcome
+    reason: str
+    step: int  # optimizer steps done (including those before a resume)
+    steps_per_s: float  # training throughput, evaluation excluded
+    final: dict[str, float]  # metrics of the last evaluation
+    best: dict[str, float]  # metrics of the best evaluation (by the task's metric)
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time_s: float = 0.0  # training compute over the whole run, across resumes
+    resumed_from: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global RNGs (model initialisation, dropout)."""
+    random.seed(seed)
+    torch.manual_seed(derive_seed(seed, 0))
+
+
+def build_optimizer(model: RecurrentModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """One optimizer; constrained groups get ``lr_orth``; groups may add options (weight decay)."""
+    groups = []
+    for g in model.parameter_groups():
+        if not g.params:
+            continue
+        lr = config.lr_orth if g.kind == "constrained" and config.lr_orth is not None else config.lr
+        groups.append({"params": g.params, "lr": lr, "name": g.name, **g.options})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
+    return torch.optim.RMSprop(groups, lr=config.lr, alpha=config.alpha)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    if batch.x.device == device:
+        return batch
+    return Batch(batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True), batch.reset)
+
+
+@torch.no_grad()
+def evaluate(model: RecurrentModel, task: Task, split: Split = "val") -> dict[str, float]:
+    """Task metrics of ``model`` on a whole evaluation split (state carried for stream tasks)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    state: State | None = None
+    try:
+        for batch in task.eval_batches(split):
+            batch = _to(batch, device)
+            out, state = model(batch.x, None if batch.reset or not task.carry_state else state, readout=task.readout)
+            for key, value in task.stats(out, batch).items():
+                totals[key] = totals.get(key, 0.0) + value
+    finally:
+        model.train(was_training)
+    return task.summarize(totals)
+
+
+def _better(task: Task, value: float, best: float | None) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best if task.direction == "minimize" else value > best
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _identity(task: Task, model: RecurrentModel, config: TrainConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (steps may grow; device may change)."""
+    cfg = asdict(replace(config, steps=1, device="cpu"))
+    return {"task": task.describe(), "model": model.describe(), "train": cfg, "batch_size": task.batch_size}
+
+
+def train(
+    model: RecurrentModel,
+    task: Task,
+    config: TrainConfig,
+    *,
+    report: ReportHook | None = None,
+    progress: ProgressHook | None = None,
+    stop: threading.Event | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``task``.
+
+    Args:
+        report: called after every evaluation with ``val_*`` metrics, the interval's mean
+            ``train_loss``, ``grad_norm`` and ``steps_per_s``; returning True stops the run
+            (outcome ``"stopped"``); an exception it raises (e.g. ``optuna.TrialPruned``)
+            propagates after nothing else happens.
+        progress: called after every optimizer step with the step count and the batch loss.
+        stop: when set, the run stops at the next step boundary, saves a checkpoint and
+            returns outcome ``"interrupted"`` (Ctrl-C, SIGTERM).
+        checkpoint_dir: folder for ``last.pt`` / ``best.pt``; with ``resume`` an existing
+            ``last.pt`` of the same run is continued, one of another run is refused.
+
+    Returns:
+        A ``TrainResult``. Divergence is reported as outcome ``"diverged"`` with the reason; the
+        model keeps the last finite parameters (the bad update is never applied). A NaN
+        validation metric never becomes ``best``.
+    """
+    device = torch.device(config.device)
+    model.to(device)
+    model.train()
+    optimizer = build_optimizer(model, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = config.clip if config.clip else None
+    key = f"val_{task.metric}"
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    identity = _identity(task, model, config)
+
+    step = 0
+    state: State | None = None
+    history: list[dict[str, float]] = []
+    best: dict[str, float] = {}
+    train_time = 0.0
+    interval = {"loss": 0.0, "grad": 0.0, "n": 0, "time": 0.0}
+    resumed_from: int | None = None
+
+    if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
+        ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("identity") != identity:
+            raise TrainError(
+                f"{ckpt_dir / 'last.pt'} belongs to a different run (task, model or training settings differ); "
+                "use another checkpoint folder or delete it to start over"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        random.setstate(ckpt["rng"]["python"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        step, history, best = ckpt["step"], ckpt["history"], ckpt["best"]
+        train_time, interval = ckpt["train_time"], ckpt["interval"]
+        carried = ckpt["state"]
+        if carried is not None:
+            state = tuple(s.to(device) for s in carried) if isinstance(carried, tuple) else carried.to(device)
+        resumed_from = step
+        log.info("resumed from %s at step %d", ckpt_dir / "last.pt", step)
+
+    def save(name: str = "last.pt") -> None:
+        if ckpt_dir is None:
+            return
+        cpu_state = detach_state(state)
+        if cpu_state is not None:
+            cpu_state = tuple(s.cpu() for s in cpu_state) if isinstance(cpu_state, tuple) else cpu_state.cpu()
+        _atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "identity": identity,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                },
+                "state": cpu_state,
+                "history": history,
+                "best": best,
+                "train_time": train_time,
+                "interval": interval,
+            },
+            ckpt_dir / name,
+        )
+
+    def result(outcome: Outcome, reason: str) -> TrainResult:
+        return TrainResult(
+            outcome=outcome,
+            reason=reason,
+            step=step,
+            steps_per_s=(step - steps_at_start) / session_time if session_time > 0 else 0.0,
+            final=history[-1] if history else {},
+            best=best,
+            history=history,
+            train_time_s=train_time,
+            resumed_from=resumed_from,
+        )
+
+    # Throughput counts only the steps done in this process (a resumed run has fewer).
+    steps_at_start = step
+    session_time = 0.0
+
+    def diverged(why: str) -> TrainResult:
+        log.warning("run diverged: %s", why)
+        return result("diverged", f"diverged: {why}")
+
+    while step < config.steps:
+        if stop is not None and stop.is_set():
+            save()
+            return result("interrupted", f"interrupted at step {step}; resume from the checkpoint")
+
+        # -- one optimizer step ----------------------------------------------------------------
+        t0 = time.perf_counter()
+        batch = _to(task.train_batch(step), device)
+        if not task.carry_state or batch.reset:
+            state = None
+        out, new_state = model(batch.x, state, readout=task.readout)
+        loss = task.loss(out, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf))
+        loss_value = float(loss.detach())
+
+        # -- divergence: checked before the update, so the model keeps its last finite state ----
+        if not math.isfinite(loss_value):
+            return diverged(f"training loss is {loss_value} at step {step + 1}")
+        if not math.isfinite(grad_norm) or grad_norm > config.max_grad_norm:
+            return diverged(f"gradient norm {grad_norm:.3g} exceeds {config.max_grad_norm:.3g} at step {step + 1}")
+        hidden = state_abs_max(new_state)
+        if not hidden <= config.max_hidden:
+            return diverged(f"hidden state reached {hidden:.3g} (limit {config.max_hidden:.3g}) at step {step + 1}")
+
+        optimizer.step()
+        step += 1
+        if task.carry_state:
+            state = detach_state(new_state)
+        elapsed = time.perf_counter() - t0
+        train_time += elapsed
+        session_time += elapsed
+        interval["loss"] += loss_value
+        interval["grad"] += grad_norm
+        interval["n"] += 1
+        interval["time"] += elapsed
+        if progress is not None:
+            progress(step, loss_value)
+
+        # -- evaluation, report, checkpoint ----------------------------------------------------
+        if step % config.eval_every == 0 or step == config.steps:
+            val = evaluate(model, task, "val")
+            n = max(int(interval["n"]), 1)
+            metrics = {
+                "step": float(step),
+                **{f"val_{k}": v for k, v in val.items()},
+                "train_loss": interval["loss"] / n,
+                "grad_norm": interval["grad"] / n,
+                "steps_per_s": interval["n"] / interval["time"] if interval["time"] > 0 else 0.0,
+            }
+            interval = {"loss": 0.0, "grad": 0.0, "n": 0, "time": 0.0}
+            history.append(metrics)
+            if not math.isfinite(metrics.get(key, math.nan)):
+                save()
+                return diverged(f"validation {task.metric} is {metrics.get(key)} at step {step}")
+            improved = _better(task, metrics[key], best.get(key))
+            if improved:
+                best = dict(metrics)
+            save()
+            if improved:
+                save("best.pt")
+            if report is not None and report(step, metrics):
+                return result("stopped", f"stopped by the report hook at step {step}")
+
+    return result("completed", f"completed {step} steps")

@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from irnn_search.models import build_model
+from irnn_search.models.base import ParamGroup
+from irnn_search.tasks import build_task
+from irnn_search.train import TrainConfig, TrainError, build_optimizer, seed_everything, train
+
+
+def _run(
+    tmp: Path | None = None,
+    *,
+    steps: int = 40,
+    model: str = "irnn",
+    task: str = "adding",
+    task_options: dict[str, object] | None = None,
+    seed: int = 0,
+    **cfg: object,
+):
+    the_task = build_task(task, task_options or {"T": 12, "val_size": 64}, seed=seed, batch_size=8)
+    seed_everything(seed)
+    the_model = build_model(
+        model, {"hidden_size": 16}, input_size=the_task.input_size, output_size=the_task.output_size
+    )
+    config = TrainConfig(**{"steps": steps, "eval_every": 10, "clip": 1.0, "seed": seed, **cfg})  # type: ignore[arg-type]
+    return the_model, the_task, config
+
+
+@pytest.mark.slow
+def test_irnn_learns_the_adding_problem_t30_five_times_below_baseline_within_a_minute() -> None:
+    task = build_task("adding", {"T": 30, "val_size": 1000}, seed=2, batch_size=32)
+    seed_everything(2)
+    model = build_model("irnn", {"hidden_size": 64}, input_size=2, output_size=1)
+    target = task.baseline()["mse"] / 5
+    started = time.perf_counter()
+    result = train(
+        model,
+        task,
+        TrainConfig(steps=4000, optimizer="adam", lr=3e-3, clip=1.0, eval_every=250, seed=2),
+        report=lambda step, m: m["val_mse"] < target,  # stop as soon as the goal is met
+    )
+    elapsed = time.perf_counter() - started
+    assert result.best["val_mse"] < target, result.history
+    assert elapsed < 60
+
+
+def test_resumed_run_equals_an_uninterrupted_run_bit_for_bit(tmp_path: Path) -> None:
+    model_a, task, config = _run(steps=40)
+    full = train(model_a, task, config)
+
+    model_b, task_b, _ = _run(steps=40)
+    half = train(model_b, task_b, TrainConfig(**{**config.__dict__, "steps": 20}), checkpoint_dir=tmp_path)
+    assert half.step == 20 and (tmp_path / "last.pt").exists()
+    # A fresh process would rebuild the model from scratch (other init) and load the checkpoint.
+    seed_everything(123)
+    model_c, task_c, _ = _run(steps=40, seed=0)
+    with torch.no_grad():
+        for p in model_c.parameters():
+            p.add_(1.0)
+    resumed = train(model_c, task_c, config, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 20 and resumed.step == 40
+    for p, q in zip(model_a.parameters(), model_c.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert [h["val_mse"] for h in resumed.history] == [h["val_mse"] for h in full.history]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+
+
+def test_stop_event_checkpoints_and_resume_finishes_identically(tmp_path: Path) -> None:
+    model_a, task, config = _run(steps=30)
+    full = train(model_a, task, config)
+
+    model_b, task_b, _ = _run(steps=30)
+    stop = threading.Event()
+    seen = []
+
+    def progress(step: int, loss: float) -> None:
+        seen.append(step)
+        if step == 13:  # mid-interval: the checkpoint must carry the partial interval too
+            stop.set()
+
+    stopped = train(model_b, task_b, config, progress=progress, stop=stop, checkpoint_dir=tmp_path)
+    assert stopped.outcome == "interrupted" and stopped.step == 13
+    resumed = train(model_b, task_b, config, checkpoint_dir=tmp_path)
+    assert resumed.outcome == "completed"
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    assert resumed.final["val_mse"] == full.final["val_mse"]
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
+    model, task, config = _run(steps=10)
+    train(model, task, config, checkpoint_dir=tmp_path)
+    model2, task2, config2 = _run(steps=10, lr=5e-2)
+    with pytest.raises(TrainError, match="belongs to a different run"):
+        train(model2, task2, config2, checkpoint_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 100.0), ("adam", 10.0), ("rmsprop", 10.0)])
+def test_huge_learning_rate_without_clipping_ends_as_diverged_not_a_crash(optimizer: str, lr: float) -> None:
+    model, task, config = _run(steps=200, optimizer=optimizer, lr=lr, clip=None)
+    result = train(model, task, config)
+    assert result.outcome == "diverged"
+    assert result.reason.startswith("diverged: ")
+    # The bad update is never applied and a NaN never becomes the best value.
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(math.isfinite(v) for v in result.best.values())
+
+
+def test_exploding_hidden_state_is_detected() -> None:
+    model, task, config = _run(steps=5, max_hidden=1e-3)
+    result = train(model, task, config)
+    assert result.outcome == "diverged" and "hidden state" in result.reason
+
+
+def test_report_hook_receives_validation_metrics_and_can_stop_the_run() -> None:
+    model, task, config = _run(steps=50)
+    calls = []
+
+    def report(step: int, metrics: dict[str, float]) -> bool:
+        calls.append((step, metrics))
+        return step >= 20
+
+    result = train(model, task, config, report=report)
+    assert [s for s, _ in calls] == [10, 20]
+    assert {"val_mse", "val_loss", "train_loss", "grad_norm", "steps_per_s"} <= set(calls[0][1])
+    assert result.outcome == "stopped" and result.step == 20
+    assert result.steps_per_s > 0
+
+
+def test_best_checkpoint_holds_the_best_validation_model(tmp_path: Path) -> None:
+    model, task, config = _run(steps=30)
+    result = train(model, task, config, checkpoint_dir=tmp_path)
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert best["best"]["val_mse"] == result.best["val_mse"]
+    assert best["step"] == int(result.best["step"])
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    model, task, _ = _run()
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, task, TrainConfig(steps=1, optimizer="sgd", lr=1.0, clip=1e-3, eval_every=1))
+    with torch.no_grad():
+        moved = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
+    assert 0 < float(moved) <= 1e-3 * (1 + 1e-5)
+
+
+def test_constrained_groups_get_their_own_learning_rate() -> None:
+    model, _, _ = _run()
+    rec = model.rnn.weight_hh_l0
+    others = [p for p in model.parameters() if p is not rec]
+    model.parameter_groups = lambda: [  # type: ignore[method-assign]
+        ParamGroup("unconstrained", others),
+        ParamGroup("orthogonal", [rec], kind="constrained", options={"weight_decay": 0.5}),
+    ]
+    opt = build_optimizer(model, TrainConfig(optimizer="rmsprop", lr=1e-3, lr_orth=1e-4, alpha=0.9))
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+    assert opt.param_groups[1]["weight_decay"] == 0.5 and opt.param_groups[1]["alpha"] == 0.9
+
+
+def test_sgd_momentum_and_adam_are_built_as_asked() -> None:
+    model, _, _ = _run()
+    sgd = build_optimizer(model, TrainConfig(optimizer="sgd", momentum=0.9, lr=0.01))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+    assert isinstance(build_optimizer(model, TrainConfig(optimizer="adam")), torch.optim.Adam)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"optimizer": "lbfgs"}, "optimizer must be one of sgd, adam, rmsprop"),
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"clip": -1.0}, "clip must be >= 0"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"alpha": 1.0}, "alpha must be in"),
+    ],
+)
+def test_impossible_settings_are_refused(options: dict[str, object], message: str) -> None:
+    with pytest.raises(TrainError, match=message):
+        TrainConfig(**options)  # type: ignore[arg-type]
+
+
+def test_lstm_and_tanh_rnn_train_through_the_same_loop() -> None:
+    for family in ("lstm", "rnn"):
+        model, task, config = _run(steps=20, model=family)
+        result = train(model, task, config)
+        assert result.outcome == "completed" and math.isfinite(result.final["val_mse"])
+
+
+def test_copy_task_trains_with_all_step_readout() -> None:
+    model, task, config = _run(steps=20, task="copy", task_options={"T": 10, "val_size": 32})
+    result = train(model, task, config)
+    assert result.outcome == "completed" and 0 <= result.final["val_accuracy"] <= 1

@@ -46,6 +46,13 @@ class ParamGroup:
     options: dict[str, Any] = field(default_factory=dict)  # e.g. weight_decay for nnRNN's T
 
 
+def param(module: nn.Module, name: str) -> nn.Parameter:
+    """A fused module's parameter by name (``weight_hh_l0``...), typed for mypy."""
+    p = getattr(module, name)
+    assert isinstance(p, nn.Parameter), name
+    return p
+
+
 def detach_state(state: State | None) -> State | None:
     """Cut the graph behind a carried state (truncated BPTT)."""
     if state is None:

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from irnn_search.models.base import ModelConfig, ModelError, RecurrentModel, State
+from irnn_search.models.base import ModelConfig, ModelError, RecurrentModel, State, param
 
 IMPLS = ("auto", "loop", "fused")
 
@@ -81,8 +81,15 @@ class ElmanRNN(RecurrentModel):
             hs, hT = self.rnn(x, h0.unsqueeze(0))
             return hs, hT.squeeze(0)
         r = self.rnn
-        return elman_loop(x, h0, r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0 + r.bias_hh_l0, self.nonlinearity == "relu")
+        return elman_loop(
+            x,
+            h0,
+            param(r, "weight_ih_l0"),
+            param(r, "weight_hh_l0"),
+            param(r, "bias_ih_l0") + param(r, "bias_hh_l0"),
+            self.nonlinearity == "relu",
+        )
 
     @property
     def recurrent_weight(self) -> torch.Tensor:
-        return self.rnn.weight_hh_l0
+        return param(self.rnn, "weight_hh_l0")

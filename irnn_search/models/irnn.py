@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from irnn_search.models.base import ModelError
+from irnn_search.models.base import ModelError, param
 from irnn_search.models.elman import ElmanConfig, ElmanRNN
 
 
@@ -38,8 +38,8 @@ class IRNN(ElmanRNN):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            self.rnn.weight_hh_l0.copy_(self.config.identity_scale * torch.eye(self.hidden_size))
-            nn.init.normal_(self.rnn.weight_ih_l0, 0.0, self.config.input_std)
-            nn.init.zeros_(self.rnn.bias_ih_l0)
-            nn.init.zeros_(self.rnn.bias_hh_l0)
+            param(self.rnn, "weight_hh_l0").copy_(self.config.identity_scale * torch.eye(self.hidden_size))
+            nn.init.normal_(param(self.rnn, "weight_ih_l0"), 0.0, self.config.input_std)
+            nn.init.zeros_(param(self.rnn, "bias_ih_l0"))
+            nn.init.zeros_(param(self.rnn, "bias_hh_l0"))
         self.reset_readout()

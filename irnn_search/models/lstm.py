@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from irnn_search.models.base import ModelConfig, ModelError, RecurrentModel, State
+from irnn_search.models.base import ModelConfig, ModelError, RecurrentModel, State, param
 
 INITS = ("default", "glorot")
 
@@ -50,13 +50,13 @@ class LSTM(RecurrentModel):
         H = self.hidden_size
         with torch.no_grad():
             if self.config.init == "glorot":
-                nn.init.xavier_normal_(self.lstm.weight_ih_l0)
-                nn.init.xavier_normal_(self.lstm.weight_hh_l0)
-                self.lstm.bias_ih_l0.zero_()
-                self.lstm.bias_hh_l0.zero_()
+                nn.init.xavier_normal_(param(self.lstm, "weight_ih_l0"))
+                nn.init.xavier_normal_(param(self.lstm, "weight_hh_l0"))
+                param(self.lstm, "bias_ih_l0").zero_()
+                param(self.lstm, "bias_hh_l0").zero_()
             # PyTorch gate order: input, forget, cell, output.
-            self.lstm.bias_ih_l0[H : 2 * H] = self.config.forget_bias
-            self.lstm.bias_hh_l0[H : 2 * H] = 0.0
+            param(self.lstm, "bias_ih_l0")[H : 2 * H] = self.config.forget_bias
+            param(self.lstm, "bias_hh_l0")[H : 2 * H] = 0.0
         self.reset_readout()
 
     def recurrence(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:

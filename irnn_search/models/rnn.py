@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from irnn_search.models.base import param
 from irnn_search.models.elman import ElmanConfig, ElmanRNN
 
 
@@ -14,8 +15,8 @@ class TanhRNN(ElmanRNN):
     nonlinearity = "tanh"
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_normal_(self.rnn.weight_ih_l0)
-        nn.init.xavier_normal_(self.rnn.weight_hh_l0)
-        nn.init.zeros_(self.rnn.bias_ih_l0)
-        nn.init.zeros_(self.rnn.bias_hh_l0)
+        nn.init.xavier_normal_(param(self.rnn, "weight_ih_l0"))
+        nn.init.xavier_normal_(param(self.rnn, "weight_hh_l0"))
+        nn.init.zeros_(param(self.rnn, "bias_ih_l0"))
+        nn.init.zeros_(param(self.rnn, "bias_hh_l0"))
         self.reset_readout()

@@ -96,7 +96,9 @@ class AddingTask(Task):
         return self.config.T
 
     def train_batch(self, step: int) -> Batch:
-        x, y = adding_batch(self.config.T, self.batch_size, self.config.placement, generator(self.seed, STREAM_TRAIN, step))
+        x, y = adding_batch(
+            self.config.T, self.batch_size, self.config.placement, generator(self.seed, STREAM_TRAIN, step)
+        )
         return Batch(x, y)
 
     def eval_batches(self, split: Split) -> Iterator[Batch]:

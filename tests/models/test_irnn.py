@@ -74,7 +74,7 @@ def test_last_step_readout_and_carried_state() -> None:
     model = build_model("irnn", {"hidden_size": 8}, input_size=2, output_size=3)
     x = torch.rand(12, 5, 2)
     all_steps, h_all = model(x)
-    last, h_last = model(x, readout="last")
+    last, _ = model(x, readout="last")
     assert all_steps.shape == (12, 5, 3) and last.shape == (5, 3)
     torch.testing.assert_close(all_steps[-1], last)
     # Two chunks with the state carried equal one pass over the whole sequence.

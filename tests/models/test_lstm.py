@@ -15,7 +15,12 @@ def test_readout_sees_h_never_c() -> None:
     cell = torch.nn.LSTMCell(3, 6)
     lstm = model.lstm
     cell.load_state_dict(
-        {"weight_ih": lstm.weight_ih_l0, "weight_hh": lstm.weight_hh_l0, "bias_ih": lstm.bias_ih_l0, "bias_hh": lstm.bias_hh_l0}
+        {
+            "weight_ih": lstm.weight_ih_l0,
+            "weight_hh": lstm.weight_hh_l0,
+            "bias_ih": lstm.bias_ih_l0,
+            "bias_hh": lstm.bias_hh_l0,
+        }
     )
     h_ref, c_ref = torch.zeros(4, 6), torch.zeros(4, 6)
     with torch.no_grad():
@@ -28,7 +33,9 @@ def test_readout_sees_h_never_c() -> None:
 
 @pytest.mark.parametrize(("forget_bias", "init"), [(1.0, "default"), (0.0, "glorot"), (2.5, "default")])
 def test_forget_bias_is_explicit(forget_bias: float, init: str) -> None:
-    model = build_model("lstm", {"hidden_size": 8, "forget_bias": forget_bias, "init": init}, input_size=1, output_size=1)
+    model = build_model(
+        "lstm", {"hidden_size": 8, "forget_bias": forget_bias, "init": init}, input_size=1, output_size=1
+    )
     total = model.lstm.bias_ih_l0 + model.lstm.bias_hh_l0
     assert torch.equal(total[8:16], torch.full((8,), forget_bias))
 

@@ -350,18 +350,23 @@ def _print_listing(rows: list[dict[str, Any]], as_json: bool, extra: tuple[str, 
     if as_json:
         sys.stdout.write(json.dumps(rows, default=str) + "\n")
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(show_lines=True)
-    table.add_column("name", style="bold")
-    table.add_column("description")
-    for key in extra:
-        table.add_column(key)
-    table.add_column("options (default)")
+    console = _console()
     for row in rows:
-        opts = "\n".join(f"{o['name']} = {o['default']!r}  [dim]{o['help']}[/]" for o in row["options"])
-        table.add_row(row["name"], row["description"], *(str(row[k]) for k in extra), opts)
-    _console().print(table)
+        facts = ", ".join(f"{k} {row[k]}" for k in extra)
+        console.print(
+            f"[bold cyan]{row['name']}[/]  {escape(row['description'])}" + (f"  [dim]({facts})[/]" if facts else "")
+        )
+        options = Table(box=None, show_header=False, padding=(0, 2), pad_edge=False)
+        options.add_column(style="green", no_wrap=True)
+        options.add_column(no_wrap=True, max_width=32, overflow="ellipsis")
+        options.add_column(style="dim")
+        for o in row["options"]:
+            options.add_row(f"  {o['name']}", escape(repr(o["default"])), escape(o["help"]))
+        console.print(options)
+        console.print()
 
 
 @app.callback(invoke_without_command=True)

@@ -49,7 +49,7 @@ def plain_rnn_step_fn(task, hidden: int) -> Callable[[int], None]:
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        float(loss)
+        float(loss.detach())
 
     return step
 
@@ -79,7 +79,7 @@ def hand_loop_step_fn(task, hidden: int, scripted: bool) -> Callable[[int], None
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        float(loss)
+        float(loss.detach())
 
     return step
 

@@ -169,7 +169,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def _identity(task: Task, model: RecurrentModel, config: TrainConfig) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (steps may grow; device may change)."""
     cfg = asdict(replace(config, steps=1, device="cpu"))
-    return {"task": task.describe(), "model": model.describe(), "train": cfg, "batch_size": task.batch_size}
+    # Where the data lives may differ between machines; what it is may not.
+    task_desc = {k: v for k, v in task.describe().items() if k not in ("data_dir", "cache_dir", "mirrors")}
+    return {"task": task_desc, "model": model.describe(), "train": cfg, "batch_size": task.batch_size}
 
 
 def train(
@@ -315,6 +317,7 @@ def train(
             return diverged(f"hidden state reached {hidden:.3g} (limit {config.max_hidden:.3g}) at step {step + 1}")
 
         optimizer.step()
+        model.after_step()
         step += 1
         if task.carry_state:
             state = detach_state(new_state)

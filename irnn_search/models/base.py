@@ -124,6 +124,12 @@ class RecurrentModel(nn.Module, abc.ABC):
         return self.readout(hs), state
 
     # -- what the training loop needs to know ------------------------------------------------
+    def after_step(self) -> None:
+        """Called by the training loop after every optimizer step (e.g. dtriv's periodic rebase).
+
+        State it keeps must live in buffers, so checkpoints carry it. No-op by default.
+        """
+
     def parameter_groups(self) -> list[ParamGroup]:
         """Parameter groups for the optimizer. Unconstrained families have just one."""
         return [ParamGroup("unconstrained", list(self.parameters()))]

@@ -31,8 +31,11 @@ def learning_curve(
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    # Losses span orders of magnitude (an early transient, then the escape from the baseline).
     if metric in ("mse", "loss", "bpc") and all(h.get(f"val_{metric}", 0) > 0 for h in history):
         ax_val.set_yscale("log")
+    if all(h.get("train_loss", 0) > 0 for h in history):
+        ax_train.set_yscale("log")
     fig.suptitle(title, fontsize=10)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,35 @@ def test_copy_task_trains_with_all_step_readout() -> None:
     model, task, config = _run(steps=20, task="copy", task_options={"T": 10, "val_size": 32})
     result = train(model, task, config)
     assert result.outcome == "completed" and 0 <= result.final["val_accuracy"] <= 1
+
+
+def test_truncated_bptt_resume_carries_the_hidden_state(tmp_path: Path, shared_data: Path) -> None:
+    options = {"data_dir": str(shared_data), "bptt": 20, "eval_max_tokens": 400}
+
+    def build():
+        task = build_task("ptb-smoke", options, seed=0, batch_size=4)
+        seed_everything(0)
+        model = build_model(
+            "lstm",
+            {"hidden_size": 8},
+            input_size=task.input_size,
+            output_size=task.output_size,
+            vocab_size=task.vocab_size,
+        )
+        return model, task
+
+    config = TrainConfig(steps=12, eval_every=4, optimizer="adam", lr=1e-2, clip=1.0)
+    model_a, task_a = build()
+    full = train(model_a, task_a, config)
+    assert full.outcome == "completed" and full.final["val_bpc"] < 6.0  # log2(49) ≈ 5.6 at chance
+
+    model_b, task_b = build()
+    train(model_b, task_b, TrainConfig(**{**config.__dict__, "steps": 6}), checkpoint_dir=tmp_path)
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["state"] is not None  # mid-epoch carried state
+    model_c, task_c = build()
+    resumed = train(model_c, task_c, config, checkpoint_dir=tmp_path)
+    # The 6-step run also evaluated at its own end (step 6); every evaluation of the full run recurs.
+    by_step = {h["step"]: h["val_bpc"] for h in resumed.history}
+    assert all(by_step[h["step"]] == h["val_bpc"] for h in full.history)
+    for p, q in zip(model_a.parameters(), model_c.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -302,8 +302,9 @@ def train(
             state = None
         out, new_state = model(batch.x, state, readout=task.readout)
         loss = task.loss(out, batch)
+        penalty = model.penalty()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if penalty is None else loss + penalty).backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf))
         loss_value = float(loss.detach())
 

@@ -89,7 +89,8 @@ def test_tasks_and_models_list_what_exists_with_their_options() -> None:
     adding = tasks[0]
     assert {o["name"]: o["default"] for o in adding["options"]}["placement"] == "halves"
     models = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
-    assert [m["name"] for m in models] == ["irnn", "rnn", "lstm"]
+    names = ["irnn", "rnn", "lstm", "rnn-orth", "exprnn", "dtriv", "cayley", "scornn", "nnrnn", "asrnn"]
+    assert [m["name"] for m in models] == names
     assert "identity_scale" in [o["name"] for o in models[0]["options"]]
     table = runner.invoke(app, ["tasks"])
     assert table.exit_code == 0 and "digits-smoke" in table.stdout

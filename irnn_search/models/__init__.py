@@ -5,16 +5,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from irnn_search.models.asrnn import ASRNN
 from irnn_search.models.base import ModelConfig, ModelError, ParamGroup, RecurrentModel, State
+from irnn_search.models.exprnn import CayleyRNN, DTriv, ExpRNN
 from irnn_search.models.irnn import IRNN
 from irnn_search.models.lstm import LSTM
+from irnn_search.models.nnrnn import NNRNN
 from irnn_search.models.rnn import TanhRNN
+from irnn_search.models.rnn_orth import RNNOrth
+from irnn_search.models.scornn import ScoRNN
 from irnn_search.options import OptionError, build_config
 
 MODELS: dict[str, type[RecurrentModel]] = {
     "irnn": IRNN,
     "rnn": TanhRNN,
     "lstm": LSTM,
+    "rnn-orth": RNNOrth,
+    "exprnn": ExpRNN,
+    "dtriv": DTriv,
+    "cayley": CayleyRNN,
+    "scornn": ScoRNN,
+    "nnrnn": NNRNN,
+    "asrnn": ASRNN,
 }
 
 

@@ -130,6 +130,10 @@ class RecurrentModel(nn.Module, abc.ABC):
         State it keeps must live in buffers, so checkpoints carry it. No-op by default.
         """
 
+    def penalty(self) -> torch.Tensor | None:
+        """A term the training loop adds to the task loss (e.g. nnRNN's δ·Σ(α−1)²); None = none."""
+        return None
+
     def parameter_groups(self) -> list[ParamGroup]:
         """Parameter groups for the optimizer. Unconstrained families have just one."""
         return [ParamGroup("unconstrained", list(self.parameters()))]

@@ -110,9 +110,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep-denormals", action="store_true", help="do not flush subnormals (train's default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Every variant alike: train() flushes subnormal floats by default (TrainConfig.flush_denormal).
+    torch.set_flush_denormal(not args.keep_denormals)
     torch.manual_seed(0)
 
     task = build_task("adding", {"T": args.T, "val_size": 16}, seed=0, batch_size=args.batch)

@@ -135,9 +135,12 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(MODELS))
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep-denormals", action="store_true", help="do not flush subnormals (train's default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Both sides alike: train() flushes subnormal floats by default (TrainConfig.flush_denormal).
+    torch.set_flush_denormal(not args.keep_denormals)
 
     rows = []
     for shape in args.shapes.split(","):
@@ -163,7 +166,8 @@ def main() -> None:
         return
     print(
         f"\nhidden {args.hidden}, batch 128, fwd+bwd+RMSprop, {args.threads} thread(s), "
-        f"{args.rounds} interleaved rounds x {args.steps} steps; torch {torch.__version__}, "
+        f"{args.rounds} interleaved rounds x {args.steps} steps, flush denormals {not args.keep_denormals}; "
+        f"torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}"
     )
     print("| shape | family | ours steps/s | reference steps/s | speed-up |")

@@ -89,7 +89,7 @@ def test_tasks_and_models_list_what_exists_with_their_options() -> None:
     adding = tasks[0]
     assert {o["name"]: o["default"] for o in adding["options"]}["placement"] == "halves"
     models = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
-    names = ["irnn", "rnn", "lstm", "rnn-orth", "exprnn", "dtriv", "cayley", "scornn", "nnrnn", "asrnn"]
+    names = ["irnn", "rnn", "lstm", "rnn-orth", "exprnn", "dtriv", "cayley", "scornn", "nnrnn", "asrnn", "eurnn"]
     assert [m["name"] for m in models] == names
     assert "identity_scale" in [o["name"] for o in models[0]["options"]]
     table = runner.invoke(app, ["tasks"])

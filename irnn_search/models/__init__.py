@@ -7,6 +7,7 @@ from typing import Any
 
 from irnn_search.models.asrnn import ASRNN
 from irnn_search.models.base import ModelConfig, ModelError, ParamGroup, RecurrentModel, State
+from irnn_search.models.eurnn import EURNN
 from irnn_search.models.exprnn import CayleyRNN, DTriv, ExpRNN
 from irnn_search.models.irnn import IRNN
 from irnn_search.models.lstm import LSTM
@@ -27,6 +28,7 @@ MODELS: dict[str, type[RecurrentModel]] = {
     "scornn": ScoRNN,
     "nnrnn": NNRNN,
     "asrnn": ASRNN,
+    "eurnn": EURNN,
 }
 
 

@@ -16,6 +16,7 @@ input projection done once before the time loop, the loop over ``x.unbind(0)``.
 - nnRNN: P(Λ+T)Pᵀ is rebuilt at every step, with Λ assembled by a Python loop over its 2×2 blocks
   (NNR builds Λ this way).
 - asRNN: U_f, W_hh, W_f and W_f⁻¹ are rebuilt at every step, with three matmuls per step (ASR).
+- EURNN: the product of Givens-rotation layers is rebuilt at every step.
 
 Rounds are interleaved (ours, reference, ours, reference, ...) and the median is reported.
 
@@ -90,6 +91,9 @@ def _rebuilt_every_step(model: RecurrentModel, x: torch.Tensor) -> torch.Tensor:
             W_hh, U_f, d = model.recurrent.weight, model.U_f.weight, model.scales  # type: ignore[attr-defined]
             z = model.input_kernel(xt) + h @ W_hh.t()  # type: ignore[attr-defined]
             h = (torch.tanh(z @ (U_f @ torch.diag(d)).t())) @ (torch.diag(1 / d) @ U_f.t()).t()
+        elif family == "eurnn":  # the rotation product rebuilt at every step
+            W = model.recurrent_weight
+            h = model.nonlinearity(nn.functional.linear(xt, model.input_kernel.weight) + h @ W.t())  # type: ignore[attr-defined]
         else:  # exprnn, dtriv, cayley, scornn: reading the parametrized weight rebuilds it
             W = model.recurrent.weight  # type: ignore[attr-defined]
             h = model.nonlinearity(nn.functional.linear(xt, model.input_kernel.weight) + h @ W.t())  # type: ignore[attr-defined]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from irnn_search.models import build_model
@@ -15,3 +16,16 @@ def test_tanh_is_applied_and_weights_are_glorot_normal() -> None:
     assert not model.rnn.bias_ih_l0.any()
     hs, _ = model.recurrence(10 * torch.randn(30, 4, 50), None)
     assert hs.abs().max() <= 1.0 and (hs < 0).any()
+
+
+@pytest.mark.slow
+def test_trains_on_adding_t30_to_half_the_baseline() -> None:
+    from irnn_search.tasks import build_task
+    from irnn_search.train import TrainConfig, seed_everything, train
+
+    task = build_task("adding", {"T": 30, "val_size": 500}, seed=0, batch_size=64)
+    seed_everything(0)
+    model = build_model("rnn", {"hidden_size": 64}, input_size=2, output_size=1)
+    config = TrainConfig(steps=3000, eval_every=250, optimizer="adam", lr=3e-3, clip=1.0)
+    result = train(model, task, config, report=lambda step, m: m["val_mse"] < 1 / 12)
+    assert result.best["val_mse"] < 1 / 12, result.history

@@ -1,0 +1,244 @@
+"""A study spec's search space in Optuna terms: suggestions, the sampler and the pruner.
+
+Optuna parameter names are the spec's keys (``lr``, ``clip``, ``identity_scale``, ...), so a
+trial's params read the same as the TOML file and stay stable across launches. Only searched
+parameters (ranges and choices) become Optuna parameters; fixed values come from the spec.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+
+from irnn_search.search.spec import (
+    CLIP_OFF,
+    CONDITIONAL,
+    TRAIN_PARAMS,
+    Choice,
+    Fixed,
+    FloatRange,
+    IntRange,
+    ModelSpec,
+    Param,
+    PrunerSpec,
+    SamplerSpec,
+    SpecError,
+    StudySpec,
+)
+from irnn_search.tasks.base import derive_seed
+from irnn_search.train import TrainConfig
+
+
+def is_active(name: str, optimizer: str) -> bool:
+    """Whether parameter ``name`` matters for a trial using ``optimizer`` (momentum: SGD only;
+    alpha: RMSprop only; everything else: always)."""
+    needed = CONDITIONAL.get(name)
+    return needed is None or needed == optimizer
+
+
+def distribution(param: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of a searched parameter.
+
+    Raises:
+        ValueError: ``param`` is fixed (fixed values are not Optuna parameters).
+    """
+    if isinstance(param, FloatRange):
+        return optuna.distributions.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, IntRange):
+        return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, Choice):
+        return optuna.distributions.CategoricalDistribution(param.choices)
+    raise ValueError(f"a fixed value ({param.value!r}) has no distribution")
+
+
+def search_space(model: ModelSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Every parameter Optuna may sample for ``model`` (conditional ones included)."""
+    return {k: distribution(p) for k, p in model.params.items() if not isinstance(p, Fixed)}
+
+
+def _suggest_one(trial: optuna.trial.BaseTrial, name: str, param: Param) -> Any:
+    if isinstance(param, Fixed):
+        return param.value
+    if isinstance(param, FloatRange):
+        return trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, IntRange):
+        return trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step)
+    return trial.suggest_categorical(name, param.choices)
+
+
+def suggest(trial: optuna.trial.BaseTrial, model: ModelSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sample one configuration of ``model``: ``(train_kwargs, model_options)``.
+
+    ``train_kwargs`` holds the searchable ``TrainConfig`` fields (``optimizer``, ``lr``,
+    ``lr_orth``, ``clip`` and, when that optimizer is chosen, ``momentum`` or ``alpha``) and goes
+    to ``build_train_config``; ``model_options`` is every option of the family's config and goes to
+    ``build_model``. The optimizer is suggested first; ``momentum`` is suggested only in trials
+    that chose SGD and ``alpha`` only in those that chose RMSprop, so an Adam trial's params have
+    neither (and TrainConfig's defaults, which Adam ignores, apply). The ``clip`` choice ``"off"``
+    becomes ``None`` (no clipping).
+
+    Enqueued trials (``study.enqueue_trial``) get their enqueued values from these same calls,
+    including values outside a range (Optuna warns and uses them).
+    """
+    values: dict[str, Any] = {}
+    optimizer = _suggest_one(trial, "optimizer", model.params["optimizer"])
+    values["optimizer"] = optimizer
+    for name, param in model.params.items():
+        if name == "optimizer" or not is_active(name, optimizer):
+            continue
+        values[name] = _suggest_one(trial, name, param)
+    return _split(model, values)
+
+
+def params_to_kwargs(model: ModelSpec, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(train_kwargs, model_options)`` of a finished trial from its Optuna ``params``.
+
+    What ``suggest`` returned for that trial: fixed values from the spec, searched ones from
+    ``params``. Used to rebuild the best trial for a final evaluation or a report.
+
+    Raises:
+        SpecError: ``params`` lacks a searched, active parameter (the trial belongs to another spec).
+    """
+    values: dict[str, Any] = {}
+    for name, param in model.params.items():
+        if isinstance(param, Fixed):
+            values[name] = param.value
+        elif name in params:
+            values[name] = params[name]
+    optimizer = values.get("optimizer")
+    if optimizer is None:
+        raise SpecError(f"trial params have no optimizer for model {model.name!r}", value=dict(params))
+    values = {k: v for k, v in values.items() if is_active(k, optimizer)}
+    missing = [k for k in model.searched if is_active(k, optimizer) and k not in values]
+    if missing:
+        raise SpecError(
+            f"trial params lack {', '.join(missing)} for model {model.name!r} (a trial of another spec?)",
+            value=dict(params),
+        )
+    return _split(model, values)
+
+
+def _split(model: ModelSpec, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    train_kwargs: dict[str, Any] = {}
+    for name in TRAIN_PARAMS:
+        if name not in values:
+            continue
+        value = values[name]
+        if name == "clip":
+            value = None if value in (None, CLIP_OFF) else float(value)
+        elif name in ("lr", "lr_orth", "momentum", "alpha") and value is not None:
+            value = float(value)
+        train_kwargs[name] = value
+    model_options = {k: values[k] for k in model.model_option_names if k in values}
+    return train_kwargs, model_options
+
+
+def build_train_config(
+    spec: StudySpec, train_kwargs: Mapping[str, Any], *, seed: int, device: str = "cpu"
+) -> TrainConfig:
+    """The ``TrainConfig`` of one trial run: the spec's steps and report interval, one seed."""
+    return TrainConfig(steps=spec.steps, eval_every=spec.report_every, seed=seed, device=device, **train_kwargs)
+
+
+def build_sampler(spec: StudySpec | SamplerSpec, *, stream: int | None = None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a spec names, seeded.
+
+    Args:
+        stream: give workers that run the same study in parallel distinct streams (a worker
+            number, a pid): with one shared seed their random start-up suggestions would be
+            identical. The seed is then ``derive_seed(seed, stream)``; ``None`` uses the spec's
+            seed as is (one process: reproducible).
+
+    Raises:
+        SpecError: ``cmaes`` without the ``cmaes`` package, or ``gp`` without scipy or torch; the
+            message says what to install.
+    """
+    s = spec.sampler if isinstance(spec, StudySpec) else spec
+    seed = s.seed if stream is None else derive_seed(s.seed, stream) % (2**32)
+    o = s.options
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=o["n_startup_trials"],
+            multivariate=o["multivariate"],
+            group=o["group"],
+            constant_liar=o["constant_liar"],
+        )
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "cmaes":
+        _require("cmaes", "the cmaes sampler", "pip install cmaes")
+        # CMA-ES only models numeric ranges: categorical parameters (optimizer, clip choices) are
+        # sampled by its independent sampler (random), with a warning from Optuna.
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, n_startup_trials=o["n_startup_trials"], sigma0=o["sigma0"], with_margin=o["with_margin"]
+        )
+    if s.name == "gp":
+        _require("scipy", "the gp sampler", "pip install scipy")
+        _require("torch", "the gp sampler", "pip install torch")
+        return optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=o["n_startup_trials"], deterministic_objective=o["deterministic_objective"]
+        )
+    raise SpecError(f"unknown sampler {s.name!r}", allowed="tpe, random, cmaes, gp")
+
+
+def _require(module: str, what: str, fix: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise SpecError(f"{what} needs the Python package {module!r}, which is not installed; {fix}")
+
+
+def build_pruner(spec: StudySpec | PrunerSpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner a spec names. Resources are optimizer steps, as reported by ``train``.
+
+    - ``asha``: ``SuccessiveHalvingPruner`` (asynchronous successive halving), rungs at
+      ``min_resource · reduction_factor^k`` steps;
+    - ``hyperband``: ``HyperbandPruner`` over ``[min_resource, max_resource]`` steps;
+    - ``median``: ``MedianPruner``, checking every ``interval_steps`` steps after
+      ``n_warmup_steps``;
+    - ``none``: ``NopPruner``.
+
+    The resolved spec's resources are multiples of ``report_every``, so every rung falls on a
+    report. Long-memory tasks sit at the memoryless baseline for a while before they learn; raise
+    ``min_resource`` above that plateau, or early rungs prune trials that would have learned.
+    """
+    p = spec.pruner if isinstance(spec, StudySpec) else spec
+    o = p.options
+    if p.name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=o["min_resource"],
+            reduction_factor=o["reduction_factor"],
+            min_early_stopping_rate=o["min_early_stopping_rate"],
+            bootstrap_count=o["bootstrap_count"],
+        )
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=o["min_resource"],
+            max_resource=o["max_resource"],
+            reduction_factor=o["reduction_factor"],
+            bootstrap_count=o["bootstrap_count"],
+        )
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=o["n_startup_trials"],
+            n_warmup_steps=o["n_warmup_steps"],
+            interval_steps=o["interval_steps"],
+            n_min_trials=o["n_min_trials"],
+        )
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    raise SpecError(f"unknown pruner {p.name!r}", allowed="asha, hyperband, median, none")
+
+
+__all__ = [
+    "build_pruner",
+    "build_sampler",
+    "build_train_config",
+    "distribution",
+    "is_active",
+    "params_to_kwargs",
+    "search_space",
+    "suggest",
+]

@@ -1,0 +1,212 @@
+"""The spec's search space in Optuna: suggestions in range, "off" clip, conditional momentum/alpha,
+seeded samplers, pruners on the report grid. Uses real in-memory Optuna studies."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import optuna
+import pytest
+
+from irnn_search.search import space
+from irnn_search.search.space import (
+    build_pruner,
+    build_sampler,
+    build_train_config,
+    params_to_kwargs,
+    search_space,
+    suggest,
+)
+from irnn_search.search.spec import Choice, FloatRange, SpecError, StudySpec, parse_spec
+from irnn_search.train import TrainConfig
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPEC = """\
+[study]
+task = "adding"
+task_options = { T = 20 }
+steps = 400
+report_every = 50
+budget = { trials = 10 }
+{study_extra}
+
+[models.irnn]
+hidden_size = { low = 4, high = 12, step = 4 }
+optimizer = ["sgd", "adam", "rmsprop"]
+lr = { low = 1e-5, high = 1e-1, log = true }
+momentum = { low = 0.0, high = 0.9 }
+alpha = { low = 0.5, high = 0.99 }
+clip = ["off", 1, 10, 100]
+identity_scale = { low = 0.01, high = 1.0, log = true }
+
+[models.exprnn]
+optimizer = "rmsprop"
+lr = 1e-3
+lr_orth = { low = 1e-5, high = 1e-3, log = true }
+alpha = [0.9, 0.99]
+init = ["henaff", "cayley"]
+"""
+
+
+def make_spec(study_extra: str = "") -> StudySpec:
+    return parse_spec(SPEC.replace("{study_extra}", study_extra), source="space.toml", default_name="space")
+
+
+def test_suggestions_lie_in_the_space_and_conditionals_follow_the_optimizer():
+    spec = make_spec()
+    model = spec.model("irnn")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_optimizers, seen_clips = set(), set()
+    for _ in range(40):
+        trial = study.ask()
+        train_kwargs, model_options = suggest(trial, model)
+        opt = train_kwargs["optimizer"]
+        seen_optimizers.add(opt)
+        assert 1e-5 <= train_kwargs["lr"] <= 1e-1
+        assert model_options["hidden_size"] in (4, 8, 12)
+        assert 0.01 <= model_options["identity_scale"] <= 1.0
+        assert model_options["impl"] == "auto" and model_options["input_std"] == 1e-3  # fixed defaults
+        assert train_kwargs["lr_orth"] is None  # fixed at its default (same as lr)
+        # "off" is the Optuna value; the training config gets None. Numbers become floats.
+        clip = trial.params["clip"]
+        seen_clips.add(clip)
+        assert train_kwargs["clip"] is None if clip == "off" else train_kwargs["clip"] == float(clip)
+        # momentum only with SGD, alpha only with RMSprop: in the kwargs and in the trial's params
+        assert ("momentum" in train_kwargs) == ("momentum" in trial.params) == (opt == "sgd")
+        assert ("alpha" in train_kwargs) == ("alpha" in trial.params) == (opt == "rmsprop")
+        if opt == "sgd":
+            assert 0.0 <= train_kwargs["momentum"] <= 0.9
+        if opt == "rmsprop":
+            assert 0.5 <= train_kwargs["alpha"] <= 0.99
+        TrainConfig(**train_kwargs)  # every suggestion is a valid training config
+        study.tell(trial, 0.0)
+    assert seen_optimizers == {"sgd", "adam", "rmsprop"}
+    assert "off" in seen_clips and len(seen_clips) > 1
+
+
+def test_fixed_values_are_not_optuna_parameters():
+    spec = make_spec()
+    model = spec.model("exprnn")
+    study = optuna.create_study()
+    trial = study.ask()
+    train_kwargs, model_options = suggest(trial, model)
+    assert set(trial.params) == {"lr_orth", "alpha", "init"} == set(search_space(model))
+    assert train_kwargs["optimizer"] == "rmsprop" and train_kwargs["lr"] == 1e-3
+    assert train_kwargs["alpha"] in (0.9, 0.99)  # a fixed optimizer makes alpha unconditional
+    assert "momentum" not in train_kwargs
+    assert model_options["hidden_size"] == 100 and model_options["init"] in ("henaff", "cayley")
+
+
+def test_search_space_matches_the_suggested_distributions():
+    spec = make_spec()
+    model = spec.model("irnn")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        suggest(trial, model)
+        frozen = study.tell(trial, 1.0)
+        for name, dist in frozen.distributions.items():
+            assert search_space(model)[name] == dist
+    assert search_space(model)["clip"] == optuna.distributions.CategoricalDistribution(("off", 1.0, 10.0, 100.0))
+    assert isinstance(model.params["lr"], FloatRange) and isinstance(model.params["clip"], Choice)
+
+
+def test_params_to_kwargs_rebuilds_what_suggest_returned():
+    spec = make_spec()
+    model = spec.model("irnn")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(15):
+        trial = study.ask()
+        suggested = suggest(trial, model)
+        frozen = study.tell(trial, 0.5)
+        assert params_to_kwargs(model, frozen.params) == suggested
+    with pytest.raises(SpecError, match="lack lr"):
+        params_to_kwargs(model, {"optimizer": "adam", "clip": "off", "hidden_size": 4, "identity_scale": 0.1})
+
+
+def test_same_seed_gives_the_same_first_suggestions_and_streams_differ():
+    spec = make_spec('sampler = { name = "tpe", seed = 7, n_startup_trials = 2 }')
+    model = spec.model("irnn")
+
+    def first(sampler: optuna.samplers.BaseSampler, n: int = 4) -> list[dict]:
+        study = optuna.create_study(sampler=sampler)
+        out = []
+        for i in range(n):
+            trial = study.ask()
+            suggest(trial, model)
+            out.append(dict(trial.params))
+            study.tell(trial, float(i))
+        return out
+
+    a, b = first(build_sampler(spec)), first(build_sampler(spec))
+    assert a == b  # start-up and TPE suggestions alike
+    assert first(build_sampler(spec, stream=1)) != a  # a parallel worker explores elsewhere
+    assert first(build_sampler(spec, stream=1)) == first(build_sampler(spec, stream=1))
+
+
+@pytest.mark.parametrize(
+    ("extra", "cls"),
+    [
+        ("", optuna.samplers.TPESampler),
+        ('sampler = "random"', optuna.samplers.RandomSampler),
+        ('sampler = { name = "tpe", multivariate = true, group = true }', optuna.samplers.TPESampler),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # TPE group
+def test_build_sampler_makes_the_named_sampler(extra, cls):
+    assert type(build_sampler(make_spec(extra))) is cls
+
+
+def test_gp_sampler_when_importable_and_a_clear_error_when_not(monkeypatch):
+    spec = make_spec('sampler = { name = "gp", seed = 1, n_startup_trials = 3 }')
+    assert isinstance(build_sampler(spec), optuna.samplers.GPSampler)  # scipy and torch are installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(space.importlib.util, "find_spec", lambda name: None if name == "scipy" else real(name))
+    with pytest.raises(SpecError, match=r"the gp sampler needs the Python package 'scipy'.*pip install scipy"):
+        build_sampler(spec)
+
+
+def test_cmaes_sampler_needs_the_cmaes_package(monkeypatch):
+    spec = make_spec('sampler = { name = "cmaes", sigma0 = 0.5 }')
+    if importlib.util.find_spec("cmaes") is not None:
+        assert isinstance(build_sampler(spec), optuna.samplers.CmaEsSampler)
+    monkeypatch.setattr(space.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SpecError, match=r"the cmaes sampler needs the Python package 'cmaes'.*pip install cmaes"):
+        build_sampler(spec)
+
+
+def test_pruners_use_steps_on_the_report_grid():
+    asha = build_pruner(make_spec())  # default: ASHA from the first report
+    assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner)
+    assert asha._min_resource == 50 and asha._reduction_factor == 4
+    hb = build_pruner(make_spec('pruner = { name = "hyperband", min_resource = 100, reduction_factor = 2 }'))
+    assert isinstance(hb, optuna.pruners.HyperbandPruner)
+    assert (hb._min_resource, hb._max_resource, hb._reduction_factor) == (100, 400, 2)
+    median = build_pruner(make_spec('pruner = { name = "median", n_warmup_steps = 100 }'))
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_warmup_steps, median._interval_steps) == (100, 50)
+    assert isinstance(build_pruner(make_spec('pruner = "none"')), optuna.pruners.NopPruner)
+
+
+def test_asha_prunes_a_bad_trial_at_its_first_rung_on_the_report_grid():
+    spec = make_spec('pruner = { name = "asha", min_resource = 100, reduction_factor = 2 }')
+    study = optuna.create_study(pruner=build_pruner(spec))
+    for value in (0.1, 0.2):  # two good trials complete
+        trial = study.ask()
+        for step in range(spec.report_every, spec.steps + 1, spec.report_every):
+            trial.report(value, step)
+            trial.should_prune()  # a trial records its rung values when it asks
+        study.tell(trial, value)
+    bad = study.ask()
+    bad.report(5.0, 50)
+    assert not bad.should_prune()  # before the first rung
+    bad.report(5.0, 100)
+    assert bad.should_prune()  # the first rung is min_resource = 100 steps, a report step
+
+
+def test_build_train_config_takes_steps_and_interval_from_the_spec():
+    spec = make_spec()
+    config = build_train_config(spec, {"optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "clip": None}, seed=3)
+    assert (config.steps, config.eval_every, config.seed, config.device) == (400, 50, 3, "cpu")
+    assert (config.optimizer, config.lr, config.momentum, config.clip) == ("sgd", 0.01, 0.5, None)

@@ -303,6 +303,266 @@ def _exit_for(result: TrainResult) -> None:
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+def _settings() -> Any:
+    from irnn_search.settings import Settings
+
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _load_spec(name: str, studies_dir: str) -> Any:
+    from irnn_search.search.spec import SpecError, load_spec
+
+    try:
+        return load_spec(name, studies_dir=studies_dir)
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _storage_error(exc: Exception, url: str) -> typer.Exit:
+    from irnn_search.settings import mask_url
+
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _fail(
+        f"cannot use the Optuna storage {mask_url(url)}: {mask_url(first)}",
+        "check IRNN_SEARCH_STORAGE (host, port, database, user, password) or unset it for the embedded SQLite store",
+    )
+
+
+def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
+    from rich.table import Table
+
+    from irnn_search.service.search import usage
+
+    table = Table(title=f"{spec.name}: {spec.task} {spec.task_options}", title_justify="left")
+    for col in ("model", "trials", "complete", "pruned", "failed", "running", f"best {spec.objective}", "ETA"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for study in studies.values():
+        m = spec.model(study.user_attrs["model"])
+        u = usage(study)
+        total = m.budget.trials
+        eta = "–"
+        if total and u.finished:
+            per_trial = u.device_hours * 3600 / max(u.finished + u.running, 1)
+            left = max(total - u.finished, 0)
+            eta = f"{left * per_trial / max(workers, 1) / 60:.1f} min" if left else "done"
+        table.add_row(
+            study.user_attrs["model"],
+            f"{u.finished}/{total if total else '∞'}",
+            str(u.complete),
+            str(u.pruned),
+            str(u.failed),
+            str(u.running),
+            "–" if u.best is None else f"{u.best:.4g}",
+            eta,
+        )
+    return table
+
+
+@app.command("launch")
+def launch_cmd(
+    spec_name: Annotated[str, typer.Argument(metavar="SPEC", help="a name in studies/ or a path to a .toml spec")],
+    workers: Annotated[int, typer.Option(help="local worker processes", min=1)] = 1,
+    run: Annotated[bool, typer.Option(help="run trials here; --no-run only registers the studies")] = True,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch threads per worker", min=1)] = 1,
+    studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
+    report: Annotated[bool, typer.Option(help="print the report (and write its plots) at the end")] = True,
+) -> None:
+    """Create or resume the studies of a spec (idempotent) and run them until their budgets are met."""
+    import time
+
+    from irnn_search.search.spec import SpecError
+    from irnn_search.service.search import SearchError, open_studies, start_workers
+
+    settings = _settings()
+    spec = _load_spec(spec_name, studies_dir)
+    settings.ensure_home()
+    try:
+        studies = open_studies(spec, settings.storage_url)
+    except (SearchError, SpecError) as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:  # an unreachable or wrong database
+        raise _storage_error(exc, settings.storage_url) from None
+    err = _console(stderr=True)
+    published = sum(1 for s in studies.values() for t in s.trials if t.user_attrs.get("source") == "published")
+    err.print(f"studies of [bold]{spec.name}[/]: {', '.join(studies)} ({published} published-settings trials queued)")
+    if not run:
+        err.print("registered; start workers with `irnn-search worker`")
+        return
+    procs = start_workers(
+        settings.storage_url,
+        [s.study_name for s in studies.values()],
+        workers=workers,
+        device=device,
+        checkpoint_root=settings.checkpoint_root.resolve(),
+        threads=threads,
+    )
+    from rich.live import Live
+
+    try:
+        with Live(_progress_table(spec, studies, workers), console=err, refresh_per_second=2) as live:
+            while any(p.is_alive() for p in procs):
+                time.sleep(1.0)
+                live.update(_progress_table(spec, studies, workers))
+            live.update(_progress_table(spec, studies, workers))
+    except KeyboardInterrupt:
+        err.print("[yellow]stopping: the running trials checkpoint; `irnn-search launch` resumes them[/]")
+        for p in procs:
+            if p.is_alive() and p.pid:
+                import os
+                import signal as _signal
+
+                os.kill(p.pid, _signal.SIGINT)
+        for p in procs:
+            p.join(timeout=120)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    for p in procs:
+        p.join()
+    if report:
+        _report(spec, settings, "md", None)
+
+
+def _report(spec: Any, settings: Any, fmt: str, out: str | None) -> None:
+    from pathlib import Path
+
+    from irnn_search.service.report import plots, render, rows_for
+
+    rows = rows_for(spec, settings.storage_url)
+    sys.stdout.write(render(rows, fmt, spec=spec))
+    out_dir = Path(out) if out else settings.home / "reports" / spec.name
+    written = plots(spec, settings.storage_url, out_dir)
+    if fmt == "md":
+        sys.stdout.write("\nPlots: " + ", ".join(str(p) for p in written) + "\n")
+
+
+@app.command("report")
+def report_cmd(
+    spec_name: Annotated[str, typer.Argument(metavar="SPEC", help="a name in studies/ or a path to a .toml spec")],
+    fmt: Annotated[str, typer.Option("--format", help="md | json | csv")] = "md",
+    out: Annotated[str | None, typer.Option(help="folder for the PNG plots (default: <home>/reports/<spec>)")] = None,
+    studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
+) -> None:
+    """Best per model vs the published settings and numbers, compute used, and plots."""
+    from irnn_search.service.search import SearchError
+
+    if fmt not in ("md", "json", "csv"):
+        raise _fail(f"--format must be md, json or csv; got {fmt!r}")
+    settings = _settings()
+    spec = _load_spec(spec_name, studies_dir)
+    try:
+        _report(spec, settings, fmt, out)
+    except SearchError as exc:
+        raise _fail(str(exc), f"launch it first: irnn-search launch {spec_name}") from None
+
+
+@app.command("status")
+def status_cmd() -> None:
+    """Every study on the configured storage: trials by state, best value, compute used."""
+    from rich.table import Table
+
+    from irnn_search.service.search import load_studies, usage
+
+    settings = _settings()
+    try:
+        studies = load_studies(settings.storage_url)
+    except Exception as exc:
+        raise _storage_error(exc, settings.storage_url) from None
+    if not studies:
+        _console().print("no studies yet: `irnn-search launch <spec>` creates them")
+        return
+    table = Table(title="studies", title_justify="left")
+    table.add_column("study", no_wrap=True)
+    for col in ("task", "complete", "pruned", "failed", "running", "waiting", "best", "device-h"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for name, study in sorted(studies.items()):
+        u = usage(study)
+        table.add_row(
+            name,
+            study.user_attrs.get("task", "?"),
+            str(u.complete),
+            str(u.pruned),
+            str(u.failed),
+            str(u.running),
+            str(u.waiting),
+            "–" if u.best is None else f"{u.best:.4g}",
+            f"{u.device_hours:.3f}",
+        )
+    _console().print(table)
+
+
+@app.command("worker")
+def worker_cmd(
+    study: Annotated[list[str] | None, typer.Option(help="only these studies (repeatable); default: all open")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
+) -> None:
+    """Pull and run trials from the studies on the configured storage until their budgets are met."""
+    import threading
+
+    import torch
+
+    from irnn_search.service.search import SearchError, load_studies, work
+
+    settings = _settings()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
+    torch.set_num_threads(threads or settings.threads or 1)
+    try:
+        studies = load_studies(settings.storage_url, study)
+    except SearchError as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:
+        raise _storage_error(exc, settings.storage_url) from None
+    err = _console(stderr=True)
+    err.print(
+        f"worker on [bold]{device}[/] ({torch.get_num_threads()} thread(s)): {', '.join(studies) or 'no studies'}"
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        err.print("[yellow]stopping after the current step; the trial is checkpointed and re-queued[/]")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_trial(name: str, trial: Any) -> None:
+        outcome = trial.user_attrs.get("outcome", trial.state.name.lower())
+        value = "" if trial.value is None else f" value {trial.value:.4g}"
+        reason = trial.user_attrs.get("reason", "")
+        err.print(f"{name} trial {trial.number}: {outcome}{value} {reason}".rstrip(), highlight=False)
+
+    try:
+        ran = work(
+            studies, device=device, checkpoint_root=settings.checkpoint_root.resolve(), stop=stop, on_trial=on_trial
+        )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    err.print(f"{ran} trial(s) run; " + ("stopped" if stop.is_set() else "every budget is met"))
+
+
+@app.command("dashboard")
+def dashboard_cmd(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8080,
+) -> None:
+    """Start optuna-dashboard on the configured storage."""
+    import os
+    import shutil
+
+    from irnn_search.settings import mask_url
+
+    settings = _settings()
+    exe = shutil.which("optuna-dashboard")
+    if exe is None:
+        raise _fail("optuna-dashboard is not installed", "pip install optuna-dashboard")
+    _console(stderr=True).print(f"optuna-dashboard on http://{host}:{port} for {mask_url(settings.storage_url)}")
+    os.execv(exe, [exe, settings.storage_url, "--host", host, "--port", str(port)])
+
+
 @app.command("tasks")
 def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable listing")] = False) -> None:
     """List the benchmark tasks and their options."""

@@ -1,0 +1,378 @@
+"""The search: one Optuna study per (spec, model), an objective built from the stored spec, budgets,
+and the worker loop that pulls trials until every budget is met.
+
+- ``open_studies`` creates or loads the studies of a spec (idempotent), stores the resolved spec on
+  each study and enqueues the published settings first.
+- ``work`` is what a worker does: pick the open study with the fewest trials (models advance
+  together, so they are compared at equal effort), run one trial, repeat. The objective is
+  rebuilt from the spec stored in the study, never from a local file.
+- A trial reports the objective every ``report_every`` steps; the pruner may stop it. A diverging
+  trial is pruned with ``outcome = "diverged"`` and its reason on the trial; any other error fails
+  that trial with its reason and the worker carries on. NaN is never returned as a value.
+- Stop (Ctrl-C, SIGTERM): the running trial checkpoints and is marked ``interrupted``; the next
+  ``launch`` or ``worker`` re-queues it with the same parameters and it resumes from the
+  checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from irnn_search.search.literature import enqueue_published
+from irnn_search.search.space import build_pruner, build_sampler, build_train_config, suggest
+from irnn_search.search.spec import ModelSpec, StudySpec
+from irnn_search.service.single import prepare_run
+from irnn_search.train import TrainResult, train
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class SearchError(RuntimeError):
+    """The search cannot proceed (e.g. a study exists with another spec)."""
+
+
+class TrialInterrupted(Exception):
+    """The trial stopped at a step boundary and checkpointed; it is re-queued on the next start."""
+
+
+def study_name(spec_name: str, model: str) -> str:
+    return f"{spec_name}.{model}"
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    """RDB storage with settings for several local processes (SQLite) or many workers (PostgreSQL)."""
+    if url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
+
+
+def open_studies(spec: StudySpec, storage_url: str) -> dict[str, optuna.Study]:
+    """Create or load the studies of ``spec`` and enqueue the published settings (idempotent).
+
+    Raises:
+        SearchError: a study of that name was launched with a different spec (its hash differs).
+    """
+    storage = _storage(storage_url)
+    studies = {}
+    for key, model in spec.models.items():
+        name = study_name(spec.name, key)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction=spec.direction,
+            sampler=build_sampler(spec),
+            pruner=build_pruner(spec),
+            load_if_exists=True,
+        )
+        stored = study.user_attrs.get("spec_hash")
+        if stored is None:
+            study.set_user_attr("spec", spec.to_dict())
+            study.set_user_attr("spec_hash", spec.spec_hash())
+            study.set_user_attr("model", key)
+            study.set_user_attr("family", model.family)
+            study.set_user_attr("task", spec.task)
+            study.set_user_attr("launched_at", time.time())
+        elif stored != spec.spec_hash():
+            raise SearchError(
+                f"study {name!r} was launched from a different version of spec {spec.name!r} "
+                f"(stored hash {stored[:12]}, now {spec.spec_hash()[:12]}); give the changed spec a new "
+                "[study] name, or delete the old studies to start over"
+            )
+        enqueue_published(study, spec, key)
+        requeue_interrupted(study)
+        studies[key] = study
+    return studies
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    """The spec a study was launched with (what every worker rebuilds its objective from)."""
+    data = study.user_attrs.get("spec")
+    if data is None:
+        raise SearchError(f"study {study.study_name!r} was not launched by irnn-search (it has no stored spec)")
+    return StudySpec.from_dict(data)
+
+
+def requeue_interrupted(study: optuna.Study) -> int:
+    """Enqueue a copy of every interrupted trial not yet re-queued; it resumes from its checkpoint."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    n = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "interrupted" and t.number not in retried:
+            attrs = {k: v for k, v in t.user_attrs.items() if k not in ("outcome", "reason")}
+            attrs["retry_of"] = t.number
+            attrs.setdefault("lineage", t.user_attrs.get("lineage", t.number))
+            study.enqueue_trial(t.params, user_attrs=attrs)
+            n += 1
+    return n
+
+
+# -- budgets ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Usage:
+    finished: int  # complete + pruned + failed (interrupted-and-re-queued attempts excluded)
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    waiting: int
+    device_hours: float  # summed trial wall time of finished and running trials
+    elapsed_s: float  # since the study was launched
+    best: float | None
+
+
+def _counts_against_budget(t: FrozenTrial) -> bool:
+    return not (t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "interrupted")
+
+
+def usage(study: optuna.Study) -> Usage:
+    now = time.time()
+    trials = study.get_trials(deepcopy=False)
+    seconds = 0.0
+    for t in trials:
+        if t.datetime_start is None:
+            continue
+        end = t.datetime_complete.timestamp() if t.datetime_complete else now
+        seconds += max(0.0, end - t.datetime_start.timestamp())
+    state = [t.state for t in trials if _counts_against_budget(t)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    best = None
+    if complete:
+        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        best = pick(t.value for t in complete if t.value is not None)
+    return Usage(
+        finished=sum(s in FINISHED for s in state),
+        complete=state.count(TrialState.COMPLETE),
+        pruned=state.count(TrialState.PRUNED),
+        failed=state.count(TrialState.FAIL),
+        running=state.count(TrialState.RUNNING),
+        waiting=state.count(TrialState.WAITING),
+        device_hours=seconds / 3600,
+        elapsed_s=now - float(study.user_attrs.get("launched_at", now)),
+        best=best,
+    )
+
+
+def budget_left(study: optuna.Study, model: ModelSpec) -> bool:
+    """Whether another trial may start. Trials in flight count, so workers overshoot by at most
+    the trials that start in the same instant."""
+    u = usage(study)
+    b = model.budget
+    if b.trials is not None and u.finished + u.running >= b.trials:
+        return False
+    if b.device_hours is not None and u.device_hours >= b.device_hours:
+        return False
+    return not (b.wall_time_s is not None and u.elapsed_s >= b.wall_time_s)
+
+
+# -- the objective ------------------------------------------------------------------------------
+def _checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
+    lineage = trial.user_attrs.get("lineage", trial.number)
+    return root / study / f"trial-{lineage}" / f"seed-{seed}"
+
+
+def make_objective(
+    spec: StudySpec,
+    model_key: str,
+    *,
+    device: str = "cpu",
+    checkpoint_root: Path,
+    stop: threading.Event | None = None,
+    on_result: Callable[[optuna.Trial, TrainResult], None] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective of one model: suggest, train every seed, return the mean best value.
+
+    Intermediate values (and pruning) follow the first seed. The value of one seed is its best
+    validation objective over training (checkpointed in ``best.pt``).
+    """
+    model_spec = spec.model(model_key)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("lineage", trial.user_attrs.get("lineage", trial.number))
+        try:
+            train_kwargs, model_options = suggest(trial, model_spec)
+            values = []
+            for i, seed in enumerate(spec.seeds):
+                config = build_train_config(spec, train_kwargs, seed=seed, device=device)
+                run = prepare_run(
+                    task=spec.task,
+                    task_options=spec.task_options,
+                    model=model_spec.family,
+                    model_options=model_options,
+                    config=config,
+                    batch_size=spec.batch_size,
+                )
+
+                def report(step: int, metrics: dict[str, float], first: bool = i == 0) -> bool:
+                    value = metrics.get(spec.objective, math.nan)
+                    if first and math.isfinite(value):
+                        trial.report(value, step)
+                        if trial.should_prune():
+                            trial.set_user_attr("outcome", "pruned")
+                            trial.set_user_attr("reason", f"pruned by {spec.pruner.name} at step {step}")
+                            raise optuna.TrialPruned(f"pruned at step {step}")
+                    return False
+
+                ckpt = _checkpoint_dir(checkpoint_root, trial.study.study_name, trial, seed)
+                trial.set_user_attr("checkpoint_dir", str(ckpt.parent))
+                result = train(run.model, run.task, run.config, report=report, stop=stop, checkpoint_dir=ckpt)
+                if on_result is not None:
+                    on_result(trial, result)
+                trial.set_user_attr("steps_per_s", result.steps_per_s)
+                trial.set_user_attr("parameters", run.model.num_parameters())
+                if result.outcome == "diverged":
+                    trial.set_user_attr("outcome", "diverged")
+                    trial.set_user_attr("reason", result.reason)
+                    raise optuna.TrialPruned(result.reason)
+                if result.outcome == "interrupted":
+                    trial.set_user_attr("outcome", "interrupted")
+                    trial.set_user_attr("reason", result.reason)
+                    raise TrialInterrupted(result.reason)
+                value = result.best.get(spec.objective)
+                if value is None or not math.isfinite(value):
+                    trial.set_user_attr("outcome", "diverged")
+                    trial.set_user_attr("reason", f"no finite {spec.objective} was reached")
+                    raise optuna.TrialPruned(f"no finite {spec.objective}")
+                values.append(value)
+                trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
+            trial.set_user_attr("outcome", "complete")
+            return statistics.fmean(values)
+        except (optuna.TrialPruned, TrialInterrupted):
+            raise
+        except Exception as exc:  # a trial's error fails that trial, never the worker
+            trial.set_user_attr("outcome", "failed")
+            trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}")
+            raise
+
+    return objective
+
+
+# -- workers ------------------------------------------------------------------------------------
+def load_studies(storage_url: str, names: Iterable[str] | None = None, *, stream: int = 0) -> dict[str, optuna.Study]:
+    """Open studies launched by irnn-search on a storage (all, or the named ones), keyed by name."""
+    storage = _storage(storage_url)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    wanted = set(names) if names else None
+    out = {}
+    for s in summaries:
+        if wanted is not None and s.study_name not in wanted:
+            continue
+        if "spec_hash" not in s.user_attrs:
+            continue
+        spec = StudySpec.from_dict(s.user_attrs["spec"])
+        out[s.study_name] = optuna.load_study(
+            study_name=s.study_name,
+            storage=storage,
+            sampler=build_sampler(spec, stream=stream),
+            pruner=build_pruner(spec),
+        )
+    if wanted is not None and (missing := wanted - set(out)):
+        raise SearchError(f"no such study launched on this storage: {', '.join(sorted(missing))}")
+    return out
+
+
+def work(
+    studies: dict[str, optuna.Study],
+    *,
+    device: str = "cpu",
+    checkpoint_root: Path,
+    stop: threading.Event,
+    on_trial: Callable[[str, FrozenTrial], None] | None = None,
+) -> int:
+    """Run trials until every study's budget is met or ``stop`` is set; return trials run here."""
+    specs = {name: stored_spec(s) for name, s in studies.items()}
+    for s in studies.values():
+        requeue_interrupted(s)
+    ran = 0
+    while not stop.is_set():
+        open_ = [n for n, s in studies.items() if budget_left(s, specs[n].model(s.user_attrs["model"]))]
+        if not open_:
+            break
+        # The study with the fewest started trials goes next: models advance together.
+        name = min(open_, key=lambda n: usage(studies[n]).finished + usage(studies[n]).running)
+        study, spec = studies[name], specs[name]
+        objective = make_objective(
+            spec, study.user_attrs["model"], device=device, checkpoint_root=checkpoint_root, stop=stop
+        )
+        finished: list[FrozenTrial] = []
+
+        def keep(_study: optuna.Study, trial: FrozenTrial, out: list[FrozenTrial] = finished) -> None:
+            out.append(trial)
+
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(Exception,),
+            gc_after_trial=False,
+            callbacks=[keep],
+        )
+        ran += 1
+        if on_trial is not None and finished:
+            on_trial(name, finished[0])
+    return ran
+
+
+def worker_process(
+    storage_url: str,
+    names: list[str] | None,
+    device: str,
+    checkpoint_root: str,
+    stream: int,
+    threads: int,
+) -> None:
+    """Entry point of a local worker process (``launch --workers N``): one thread, quiet logs,
+    SIGINT/SIGTERM stop after the current step with a checkpoint."""
+    import signal
+
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    studies = load_studies(storage_url, names, stream=stream)
+    work(studies, device=device, checkpoint_root=Path(checkpoint_root), stop=stop)
+
+
+def start_workers(
+    storage_url: str,
+    names: list[str],
+    *,
+    workers: int,
+    device: str,
+    checkpoint_root: Path,
+    threads: int = 1,
+) -> list[Any]:
+    """Spawn ``workers`` local worker processes (spawn context: no forked torch or DB state)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = []
+    for i in range(workers):
+        p = ctx.Process(
+            target=worker_process,
+            args=(storage_url, names, device, str(checkpoint_root), os.getpid() * 100 + i, threads),
+            name=f"irnn-search-worker-{i}",
+        )
+        p.start()
+        procs.append(p)
+    return procs

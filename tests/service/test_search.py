@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from irnn_search.cli import app
+from irnn_search.search.spec import load_spec
+from irnn_search.service.report import render, rows_for
+from irnn_search.service.search import (
+    SearchError,
+    load_studies,
+    open_studies,
+    requeue_interrupted,
+    usage,
+    work,
+)
+
+TINY = """
+[study]
+description = "test: tiny adding search"
+task = "adding"
+task_options = {{ T = 10, val_size = 64, test_size = 64 }}
+steps = {steps}
+report_every = 10
+batch_size = 8
+pruner = {{ name = "none" }}
+budget = {{ trials = {trials} }}
+
+[models.irnn]
+hidden_size = 8
+optimizer = "adam"
+lr = {lr}
+clip = {clip}
+identity_scale = {{ low = 0.1, high = 1.0 }}
+"""
+
+
+def _spec(
+    tmp_path: Path,
+    name: str = "tiny",
+    *,
+    steps: int = 40,
+    trials: int = 3,
+    lr: str = "{ low = 1e-3, high = 1e-2, log = true }",
+    clip: str = '["off", 1]',
+) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(steps=steps, trials=trials, lr=lr, clip=clip))
+    return path
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def test_open_studies_is_idempotent_and_queues_the_published_settings_once(tmp_path: Path, storage: str) -> None:
+    spec = load_spec(_spec(tmp_path))
+    first = open_studies(spec, storage)
+    n = len(first["irnn"].trials)
+    assert n >= 1  # the IRNN paper's and the IRNN demo's settings
+    assert all(t.user_attrs.get("source") == "published" for t in first["irnn"].trials)
+    again = open_studies(spec, storage)
+    assert len(again["irnn"].trials) == n
+    assert len(optuna.get_all_study_summaries(storage)) == 1
+
+
+def test_a_changed_spec_under_the_same_name_is_refused(tmp_path: Path, storage: str) -> None:
+    open_studies(load_spec(_spec(tmp_path)), storage)
+    changed = load_spec(_spec(tmp_path, steps=50))
+    with pytest.raises(SearchError, match="different version of spec 'tiny'"):
+        open_studies(changed, storage)
+
+
+def test_workers_meet_the_budget_and_the_objective_comes_from_the_stored_spec(tmp_path: Path, storage: str) -> None:
+    spec_path = _spec(tmp_path, trials=4)
+    open_studies(load_spec(spec_path), storage)
+    spec_path.unlink()  # the worker must not need the file
+    studies = load_studies(storage)
+    ran = work(studies, checkpoint_root=tmp_path / "ckpt", stop=threading.Event())
+    u = usage(studies["tiny.irnn"])
+    assert ran == 4 and u.finished == 4 and u.running == 0 and u.waiting == 0
+    complete = [t for t in studies["tiny.irnn"].trials if t.state == TrialState.COMPLETE]
+    assert complete and all(t.user_attrs["outcome"] == "complete" and t.intermediate_values for t in complete)
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason_and_never_becomes_best(tmp_path: Path, storage: str) -> None:
+    spec = load_spec(_spec(tmp_path, lr="1e3", clip='"off"', trials=2))
+    studies = open_studies(spec, storage)
+    for t in list(studies["irnn"].trials):  # drop the warm start: we want the diverging setting
+        assert t.state == TrialState.WAITING
+    spec2 = load_spec(_spec(tmp_path, name="div", lr="1e3", clip='"off"', trials=2))
+    import dataclasses
+
+    spec2 = dataclasses.replace(spec2, warm_start=False)
+    studies = open_studies(spec2, storage)
+    work({s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "ckpt", stop=threading.Event())
+    trials = studies["irnn"].trials
+    assert trials and all(t.state == TrialState.PRUNED for t in trials)
+    assert all(
+        t.user_attrs["outcome"] == "diverged" and t.user_attrs["reason"].startswith("diverged: ") for t in trials
+    )
+    assert usage(studies["irnn"]).best is None
+
+
+def test_a_failing_trial_fails_alone_and_the_worker_carries_on(tmp_path: Path, storage: str) -> None:
+    text = (
+        TINY.format(steps=20, trials=2, lr="1e-3", clip='"off"')
+        .replace('task = "adding"', 'task = "digits-smoke"')
+        .replace(
+            "task_options = { T = 10, val_size = 64, test_size = 64 }", f'task_options = {{ data_dir = "{tmp_path}" }}'
+        )
+        .replace("identity_scale = { low = 0.1, high = 1.0 }", "identity_scale = [0.5, 1.0]")
+    )
+    path = tmp_path / "broken.toml"
+    path.write_text(text + "\n")
+    import dataclasses
+
+    spec = dataclasses.replace(load_spec(path), warm_start=False)
+    studies = open_studies(spec, storage)
+    ran = work({s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "c", stop=threading.Event())
+    trials = studies["irnn"].trials
+    assert ran == 2 and all(t.state == TrialState.FAIL for t in trials)
+    assert all("t10k-images-idx3-ubyte" in t.user_attrs["reason"] for t in trials)
+
+
+def test_an_interrupted_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_path: Path, storage: str) -> None:
+    import dataclasses
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, steps=3000, trials=1, lr="1e-3", clip="1")), warm_start=False)
+    studies = open_studies(spec, storage)
+    named = {s.study_name: s for s in studies.values()}
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    work(named, checkpoint_root=tmp_path / "ckpt", stop=stop)
+    first = studies["irnn"].trials[0]
+    assert first.state == TrialState.FAIL and first.user_attrs["outcome"] == "interrupted"
+    ckpt = Path(first.user_attrs["checkpoint_dir"]) / "seed-0" / "last.pt"
+    import torch
+
+    stopped_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < stopped_at < 3000
+    assert usage(studies["irnn"]).finished == 0  # an interrupted attempt does not use the budget
+    work(load_studies(storage), checkpoint_root=tmp_path / "ckpt", stop=threading.Event())
+    trials = studies["irnn"].trials
+    retry = trials[-1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == first.number
+    assert retry.params == first.params and retry.user_attrs["lineage"] == first.number
+    assert min(retry.intermediate_values) > stopped_at - 10  # it continued, it did not restart
+    assert requeue_interrupted(studies["irnn"]) == 0
+
+
+def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path / "home"))
+    for var in ("IRNN_SEARCH_STORAGE", "IRNN_SEARCH_DB", "IRNN_SEARCH_MLFLOW_URI"):
+        monkeypatch.delenv(var, raising=False)
+    spec = _spec(tmp_path, trials=3)
+    result = CliRunner().invoke(app, ["launch", str(spec), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "| irnn |" in result.stdout and "published settings" in result.stdout
+    plots = sorted(p.name for p in (tmp_path / "home" / "reports" / "tiny").iterdir())
+    assert "best_vs_compute.png" in plots and "best_learning_curves.png" in plots
+    again = CliRunner().invoke(app, ["launch", str(spec), "--no-run"])
+    assert again.exit_code == 0
+    rows = json.loads(CliRunner().invoke(app, ["report", str(spec), "--format", "json"]).stdout.split("\nPlots")[0])
+    assert rows[0]["trials"] == 3 and rows[0]["best_value"] is not None
+    status = CliRunner().invoke(app, ["status"])
+    assert status.exit_code == 0 and "tiny.irnn" in status.stdout
+
+
+def test_report_formats(tmp_path: Path, storage: str) -> None:
+    spec = load_spec(_spec(tmp_path, trials=2))
+    studies = open_studies(spec, storage)
+    work({s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "c", stop=threading.Event())
+    rows = rows_for(spec, storage)
+    md = render(rows, "md", spec=spec)
+    assert "| irnn |" in md and "Published numbers" in md
+    csv_text = render(rows, "csv")
+    assert csv_text.splitlines()[0].startswith("model,family,task") and "irnn" in csv_text
+    assert json.loads(render(rows, "json"))[0]["model"] == "irnn"
+
+
+def test_bad_spec_and_unreachable_storage_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[study]\ntask = "adding"\nsteps = 10\n[models.gru]\nlr = 1e-3\nbudget = { trials = 1 }\n')
+    result = CliRunner().invoke(app, ["launch", str(bad)])
+    assert result.exit_code == 2 and "gru" in result.output and "Traceback" not in result.output
+    monkeypatch.setenv("IRNN_SEARCH_STORAGE", "postgresql+psycopg://u:secret@127.0.0.1:1/x?connect_timeout=2")
+    result = CliRunner().invoke(app, ["launch", str(_spec(tmp_path))])
+    assert result.exit_code == 2, result.output
+    assert "secret" not in result.output and "u:***@" in result.output and "Traceback" not in result.output

@@ -331,6 +331,21 @@ def _storage_error(exc: Exception, url: str) -> typer.Exit:
     )
 
 
+def _tracker(settings: Any, enabled: bool) -> Any:
+    """The MLflow tracker of the configured store, or None when tracking is off."""
+    if not enabled:
+        return None
+    import os
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from irnn_search.tracking import Tracker, TrackingError
+
+    try:
+        return Tracker(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
+    except TrackingError as exc:
+        raise _fail(str(exc), "check IRNN_SEARCH_MLFLOW_URI, or pass --no-track") from None
+
+
 def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
     from rich.table import Table
 
@@ -370,18 +385,20 @@ def launch_cmd(
     threads: Annotated[int, typer.Option(help="torch threads per worker", min=1)] = 1,
     studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
     report: Annotated[bool, typer.Option(help="print the report (and write its plots) at the end")] = True,
+    track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
 ) -> None:
     """Create or resume the studies of a spec (idempotent) and run them until their budgets are met."""
     import time
 
     from irnn_search.search.spec import SpecError
-    from irnn_search.service.search import SearchError, open_studies, start_workers
+    from irnn_search.service.search import SearchError, close_tracking, open_studies, start_workers
 
     settings = _settings()
     spec = _load_spec(spec_name, studies_dir)
     settings.ensure_home()
+    tracker = _tracker(settings, track)
     try:
-        studies = open_studies(spec, settings.storage_url)
+        studies = open_studies(spec, settings.storage_url, tracker)
     except (SearchError, SpecError) as exc:
         raise _fail(str(exc)) from None
     except Exception as exc:  # an unreachable or wrong database
@@ -399,6 +416,8 @@ def launch_cmd(
         device=device,
         checkpoint_root=settings.checkpoint_root.resolve(),
         threads=threads,
+        mlflow_uri=settings.mlflow_tracking_uri if tracker else None,
+        mlflow_artifact_root=settings.mlflow_artifact_root if tracker else None,
     )
     from rich.live import Live
 
@@ -421,6 +440,8 @@ def launch_cmd(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for p in procs:
         p.join()
+    if tracker is not None:
+        close_tracking(studies.values(), tracker)
     if report:
         _report(spec, settings, "md", None)
 
@@ -498,6 +519,7 @@ def worker_cmd(
     study: Annotated[list[str] | None, typer.Option(help="only these studies (repeatable); default: all open")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
+    track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
 ) -> None:
     """Pull and run trials from the studies on the configured storage until their budgets are met."""
     import threading
@@ -534,9 +556,15 @@ def worker_cmd(
         reason = trial.user_attrs.get("reason", "")
         err.print(f"{name} trial {trial.number}: {outcome}{value} {reason}".rstrip(), highlight=False)
 
+    tracker = _tracker(settings, track)
     try:
         ran = work(
-            studies, device=device, checkpoint_root=settings.checkpoint_root.resolve(), stop=stop, on_trial=on_trial
+            studies,
+            device=device,
+            checkpoint_root=settings.checkpoint_root.resolve(),
+            stop=stop,
+            on_trial=on_trial,
+            tracker=tracker,
         )
     finally:
         for s, handler in previous.items():

@@ -34,6 +34,7 @@ from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler, build_train_config, suggest
 from irnn_search.search.spec import ModelSpec, StudySpec
 from irnn_search.service.single import prepare_run
+from irnn_search.tracking import Tracker
 from irnn_search.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,11 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
 
 
-def open_studies(spec: StudySpec, storage_url: str) -> dict[str, optuna.Study]:
+def open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None = None) -> dict[str, optuna.Study]:
     """Create or load the studies of ``spec`` and enqueue the published settings (idempotent).
+
+    With a ``tracker``, each study gets its MLflow parent run (one experiment per task); the ids
+    are stored on the study so every worker logs its trials under the same parent.
 
     Raises:
         SearchError: a study of that name was launched with a different spec (its hash differs).
@@ -94,8 +98,38 @@ def open_studies(spec: StudySpec, storage_url: str) -> dict[str, optuna.Study]:
             )
         enqueue_published(study, spec, key)
         requeue_interrupted(study)
+        if tracker is not None:
+            experiment_id = tracker.experiment(spec.task)
+            parent = tracker.parent_run(
+                experiment_id=experiment_id,
+                study_name=name,
+                task=spec.task,
+                model=key,
+                family=model.family,
+                spec=spec.to_dict(),
+                launch_id=None,
+            )
+            study.set_user_attr("mlflow_experiment_id", experiment_id)
+            study.set_user_attr("mlflow_parent_run_id", parent)
+            u = usage(study)
+            if not budget_left(study, model) and not (u.running or u.waiting):
+                tracker.finish_parent(parent)  # nothing left to do: the parent stays closed
         studies[key] = study
     return studies
+
+
+def close_tracking(studies: Iterable[optuna.Study], tracker: Tracker) -> None:
+    """After the last worker of a launch: end orphaned trial runs and the finished studies' parents."""
+    for study in studies:
+        parent = study.user_attrs.get("mlflow_parent_run_id")
+        if parent is None:
+            continue
+        running = {t.user_attrs.get("mlflow_run_id") for t in study.get_trials(deepcopy=False)
+                   if t.state == TrialState.RUNNING}  # fmt: skip
+        tracker.sweep(parent, keep={r for r in running if r})
+        if not budget_left(study, stored_spec(study).model(study.user_attrs["model"])) and not running:
+            tracker.finish_parent(parent)
+    tracker.flush()
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
@@ -193,6 +227,7 @@ def make_objective(
     checkpoint_root: Path,
     stop: threading.Event | None = None,
     on_result: Callable[[optuna.Trial, TrainResult], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one model: suggest, train every seed, return the mean best value.
 
@@ -203,8 +238,22 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("lineage", trial.user_attrs.get("lineage", trial.number))
+        run_id: str | None = None
+        outcome, reason = "failed", ""
         try:
             train_kwargs, model_options = suggest(trial, model_spec)
+            parent = trial.study.user_attrs.get("mlflow_parent_run_id")
+            if tracker is not None and parent is not None:
+                run_id = tracker.trial_run(
+                    experiment_id=trial.study.user_attrs["mlflow_experiment_id"],
+                    parent_run_id=parent,
+                    study_name=trial.study.study_name,
+                    trial_number=trial.number,
+                    params={**train_kwargs, **model_options},
+                    tags={"irnn.source": str(trial.user_attrs.get("source", "sampler"))},
+                    resumed_from=trial.user_attrs.get("mlflow_run_id"),
+                )
+                trial.set_user_attr("mlflow_run_id", run_id)
             values = []
             for i, seed in enumerate(spec.seeds):
                 config = build_train_config(spec, train_kwargs, seed=seed, device=device)
@@ -217,7 +266,11 @@ def make_objective(
                     batch_size=spec.batch_size,
                 )
 
-                def report(step: int, metrics: dict[str, float], first: bool = i == 0) -> bool:
+                def report(step: int, metrics: dict[str, float], first: bool = i == 0, seed: int = seed) -> bool:
+                    if tracker is not None and run_id is not None:
+                        tracker.log_metrics(
+                            run_id, step, metrics if first else {f"{k}_seed{seed}": v for k, v in metrics.items()}
+                        )
                     value = metrics.get(spec.objective, math.nan)
                     if first and math.isfinite(value):
                         trial.report(value, step)
@@ -232,6 +285,8 @@ def make_objective(
                 result = train(run.model, run.task, run.config, report=report, stop=stop, checkpoint_dir=ckpt)
                 if on_result is not None:
                     on_result(trial, result)
+                if tracker is not None and run_id is not None and i == 0:
+                    _log_trial_artifacts(tracker, run_id, spec, run, result, ckpt, train_kwargs, model_options)
                 trial.set_user_attr("steps_per_s", result.steps_per_s)
                 trial.set_user_attr("parameters", run.model.num_parameters())
                 if result.outcome == "diverged":
@@ -250,15 +305,70 @@ def make_objective(
                 values.append(value)
                 trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
             trial.set_user_attr("outcome", "complete")
+            outcome = "complete"
             return statistics.fmean(values)
-        except (optuna.TrialPruned, TrialInterrupted):
+        except optuna.TrialPruned as exc:
+            outcome, reason = trial.user_attrs.get("outcome", "pruned"), str(exc)
+            raise
+        except TrialInterrupted as exc:
+            outcome, reason = "interrupted", str(exc)
             raise
         except Exception as exc:  # a trial's error fails that trial, never the worker
+            reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("outcome", "failed")
-            trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr("reason", reason)
             raise
+        finally:  # no MLflow run outlives its trial, whatever the outcome
+            if tracker is not None and run_id is not None:
+                tracker.end_run(run_id, outcome, reason or None)
 
     return objective
+
+
+def _log_trial_artifacts(
+    tracker: Tracker,
+    run_id: str,
+    spec: StudySpec,
+    run: Any,
+    result: TrainResult,
+    ckpt: Path,
+    train_kwargs: dict[str, Any],
+    model_options: dict[str, Any],
+) -> None:
+    """Resolved config (JSON), the learning curve (PNG) and the best checkpoint of a trial."""
+    import tempfile
+
+    from irnn_search.plots import learning_curve
+
+    config = {
+        "task": spec.task,
+        "task_options": spec.task_options,
+        "model": run.model.family,
+        "model_options": model_options,
+        "train": train_kwargs,
+        "steps": spec.steps,
+        "report_every": spec.report_every,
+        "batch_size": spec.batch_size,
+        "parameters": run.model.num_parameters(),
+        "outcome": result.outcome,
+        "reason": result.reason,
+        "best": result.best,
+        "steps_per_s": result.steps_per_s,
+    }
+    files = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if result.history:
+            files.append(
+                learning_curve(
+                    result.history,
+                    metric=run.task.metric,
+                    baseline=run.task.baseline().get(run.task.metric),
+                    title=f"{run.model.family} on {spec.task}",
+                    path=Path(tmp) / "learning_curve.png",
+                )
+            )
+        best = ckpt / "best.pt"
+        tracker.log_artifacts(run_id, config=config, files=files, checkpoint=best if best.exists() else None)
 
 
 # -- workers ------------------------------------------------------------------------------------
@@ -292,6 +402,7 @@ def work(
     checkpoint_root: Path,
     stop: threading.Event,
     on_trial: Callable[[str, FrozenTrial], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> int:
     """Run trials until every study's budget is met or ``stop`` is set; return trials run here."""
     specs = {name: stored_spec(s) for name, s in studies.items()}
@@ -306,7 +417,7 @@ def work(
         name = min(open_, key=lambda n: usage(studies[n]).finished + usage(studies[n]).running)
         study, spec = studies[name], specs[name]
         objective = make_objective(
-            spec, study.user_attrs["model"], device=device, checkpoint_root=checkpoint_root, stop=stop
+            spec, study.user_attrs["model"], device=device, checkpoint_root=checkpoint_root, stop=stop, tracker=tracker
         )
         finished: list[FrozenTrial] = []
 
@@ -323,6 +434,8 @@ def work(
         ran += 1
         if on_trial is not None and finished:
             on_trial(name, finished[0])
+    if tracker is not None:
+        tracker.flush()
     return ran
 
 
@@ -333,6 +446,8 @@ def worker_process(
     checkpoint_root: str,
     stream: int,
     threads: int,
+    mlflow_uri: str | None = None,
+    mlflow_artifact_root: str | None = None,
 ) -> None:
     """Entry point of a local worker process (``launch --workers N``): one thread, quiet logs,
     SIGINT/SIGTERM stop after the current step with a checkpoint."""
@@ -350,7 +465,8 @@ def worker_process(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     studies = load_studies(storage_url, names, stream=stream)
-    work(studies, device=device, checkpoint_root=Path(checkpoint_root), stop=stop)
+    tracker = Tracker(mlflow_uri, mlflow_artifact_root) if mlflow_uri else None
+    work(studies, device=device, checkpoint_root=Path(checkpoint_root), stop=stop, tracker=tracker)
 
 
 def start_workers(
@@ -361,6 +477,8 @@ def start_workers(
     device: str,
     checkpoint_root: Path,
     threads: int = 1,
+    mlflow_uri: str | None = None,
+    mlflow_artifact_root: str | None = None,
 ) -> list[Any]:
     """Spawn ``workers`` local worker processes (spawn context: no forked torch or DB state)."""
     import multiprocessing as mp
@@ -370,7 +488,16 @@ def start_workers(
     for i in range(workers):
         p = ctx.Process(
             target=worker_process,
-            args=(storage_url, names, device, str(checkpoint_root), os.getpid() * 100 + i, threads),
+            args=(
+                storage_url,
+                names,
+                device,
+                str(checkpoint_root),
+                os.getpid() * 100 + i,
+                threads,
+                mlflow_uri,
+                mlflow_artifact_root,
+            ),
             name=f"irnn-search-worker-{i}",
         )
         p.start()

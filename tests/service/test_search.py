@@ -176,6 +176,25 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     status = CliRunner().invoke(app, ["status"])
     assert status.exit_code == 0 and "tiny.irnn" in status.stdout
 
+    # MLflow, read back through its own client: a parent per study, a child per trial, none RUNNING.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("irnn-search/adding")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("irnn.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("irnn.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert all(r.info.status != "RUNNING" for r in runs)
+    done = next(r for r in children if r.data.tags.get("irnn.outcome") == "complete")
+    assert "lr" in done.data.params and "identity_scale" in done.data.params
+    history = client.get_metric_history(done.info.run_id, "val_mse")
+    assert [m.step for m in history] == [10, 20, 30, 40]
+    artifacts = {a.path for a in client.list_artifacts(done.info.run_id)}
+    assert {"config.json", "learning_curve.png", "checkpoints"} <= artifacts
+
 
 def test_report_formats(tmp_path: Path, storage: str) -> None:
     spec = load_spec(_spec(tmp_path, trials=2))

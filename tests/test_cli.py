@@ -113,3 +113,19 @@ def test_models_tasks_and_train_import_without_the_service_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_db_commands_upgrade_report_and_downgrade_the_experiment_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path))
+    monkeypatch.delenv("IRNN_SEARCH_DB", raising=False)
+    up = runner.invoke(app, ["db", "upgrade"])
+    assert up.exit_code == 0 and "at revision 0001" in up.stdout
+    assert "up to date" in runner.invoke(app, ["db", "current"]).stdout
+    down = runner.invoke(app, ["db", "downgrade", "base"])
+    assert down.exit_code == 0 and "at revision None" in down.stdout
+    assert "behind" in runner.invoke(app, ["db", "current"]).stdout
+    monkeypatch.setenv("IRNN_SEARCH_DB", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
+    bad = runner.invoke(app, ["db", "current"])
+    assert bad.exit_code == 2 and "secret" not in bad.output and "Traceback" not in bad.output

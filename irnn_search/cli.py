@@ -346,6 +346,17 @@ def _tracker(settings: Any, enabled: bool) -> Any:
         raise _fail(str(exc), "check IRNN_SEARCH_MLFLOW_URI, or pass --no-track") from None
 
 
+def _ledger(settings: Any) -> Any:
+    """Our experiment database; the embedded SQLite default is migrated on first use."""
+    from irnn_search.db.migrate import DatabaseError
+    from irnn_search.service.ledger import Ledger
+
+    try:
+        return Ledger(settings.db_url, auto_upgrade=settings.db is None)
+    except DatabaseError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
     from rich.table import Table
 
@@ -397,12 +408,17 @@ def launch_cmd(
     spec = _load_spec(spec_name, studies_dir)
     settings.ensure_home()
     tracker = _tracker(settings, track)
+    ledger = _ledger(settings)
     try:
         studies = open_studies(spec, settings.storage_url, tracker)
     except (SearchError, SpecError) as exc:
         raise _fail(str(exc)) from None
     except Exception as exc:  # an unreachable or wrong database
         raise _storage_error(exc, settings.storage_url) from None
+    try:
+        ledger.record_launch(spec, studies)
+    except Exception as exc:
+        raise _fail(f"cannot record the launch in the experiment database: {exc}") from None
     err = _console(stderr=True)
     published = sum(1 for s in studies.values() for t in s.trials if t.user_attrs.get("source") == "published")
     err.print(f"studies of [bold]{spec.name}[/]: {', '.join(studies)} ({published} published-settings trials queued)")
@@ -418,6 +434,7 @@ def launch_cmd(
         threads=threads,
         mlflow_uri=settings.mlflow_tracking_uri if tracker else None,
         mlflow_artifact_root=settings.mlflow_artifact_root if tracker else None,
+        db_url=settings.db_url,
     )
     from rich.live import Live
 
@@ -512,6 +529,22 @@ def status_cmd() -> None:
             f"{u.device_hours:.3f}",
         )
     _console().print(table)
+    try:
+        alive = _ledger(settings).workers_alive()
+    except typer.Exit:
+        return
+    if alive:
+        workers = Table(title="workers alive (heartbeat in the last 30 s)", title_justify="left")
+        for col in ("id", "host", "pid", "device", "current trial", "last heartbeat"):
+            workers.add_column(col)
+        for w in alive:
+            current = (
+                f"study {w.current_study_id} trial {w.current_trial_number}" if w.current_study_id is not None else "–"
+            )
+            workers.add_row(str(w.id), w.host, str(w.pid), w.device, current, w.heartbeat_at.strftime("%H:%M:%S"))
+        _console().print(workers)
+    else:
+        _console().print("no worker alive")
 
 
 @app.command("worker")
@@ -557,6 +590,7 @@ def worker_cmd(
         err.print(f"{name} trial {trial.number}: {outcome}{value} {reason}".rstrip(), highlight=False)
 
     tracker = _tracker(settings, track)
+    ledger = _ledger(settings)
     try:
         ran = work(
             studies,
@@ -565,6 +599,7 @@ def worker_cmd(
             stop=stop,
             on_trial=on_trial,
             tracker=tracker,
+            ledger=ledger,
         )
     finally:
         for s, handler in previous.items():

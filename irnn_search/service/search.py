@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,6 +34,9 @@ from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler, build_train_config, suggest
 from irnn_search.search.spec import ModelSpec, StudySpec
 from irnn_search.service.single import prepare_run
+
+if TYPE_CHECKING:
+    from irnn_search.service.ledger import Ledger
 from irnn_search.tracking import Tracker
 from irnn_search.train import TrainResult, train
 
@@ -228,6 +231,8 @@ def make_objective(
     stop: threading.Event | None = None,
     on_result: Callable[[optuna.Trial, TrainResult], None] | None = None,
     tracker: Tracker | None = None,
+    ledger: Ledger | None = None,
+    worker_id: int | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one model: suggest, train every seed, return the mean best value.
 
@@ -239,6 +244,10 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("lineage", trial.user_attrs.get("lineage", trial.number))
         run_id: str | None = None
+        ledger_id: int | None = None
+        last: TrainResult | None = None
+        value_out: float | None = None
+        started = time.perf_counter()
         outcome, reason = "failed", ""
         try:
             train_kwargs, model_options = suggest(trial, model_spec)
@@ -254,6 +263,16 @@ def make_objective(
                     resumed_from=trial.user_attrs.get("mlflow_run_id"),
                 )
                 trial.set_user_attr("mlflow_run_id", run_id)
+            if ledger is not None:
+                ledger_id = ledger.start_trial(
+                    study_name=trial.study.study_name,
+                    trial=trial,
+                    worker_id=worker_id,
+                    device=device,
+                    mlflow_run_id=run_id,
+                )
+                if worker_id is not None:
+                    ledger.beat(worker_id, trial.study.study_name, trial.number)
             values = []
             for i, seed in enumerate(spec.seeds):
                 config = build_train_config(spec, train_kwargs, seed=seed, device=device)
@@ -283,6 +302,7 @@ def make_objective(
                 ckpt = _checkpoint_dir(checkpoint_root, trial.study.study_name, trial, seed)
                 trial.set_user_attr("checkpoint_dir", str(ckpt.parent))
                 result = train(run.model, run.task, run.config, report=report, stop=stop, checkpoint_dir=ckpt)
+                last = result
                 if on_result is not None:
                     on_result(trial, result)
                 if tracker is not None and run_id is not None and i == 0:
@@ -306,7 +326,8 @@ def make_objective(
                 trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
             trial.set_user_attr("outcome", "complete")
             outcome = "complete"
-            return statistics.fmean(values)
+            value_out = statistics.fmean(values)
+            return value_out
         except optuna.TrialPruned as exc:
             outcome, reason = trial.user_attrs.get("outcome", "pruned"), str(exc)
             raise
@@ -321,6 +342,15 @@ def make_objective(
         finally:  # no MLflow run outlives its trial, whatever the outcome
             if tracker is not None and run_id is not None:
                 tracker.end_run(run_id, outcome, reason or None)
+            if ledger is not None:
+                ledger.finish_trial(
+                    ledger_id,
+                    outcome=outcome,
+                    reason=reason,
+                    value=value_out,
+                    wall_s=time.perf_counter() - started,
+                    result=last,
+                )
 
     return objective
 
@@ -403,11 +433,35 @@ def work(
     stop: threading.Event,
     on_trial: Callable[[str, FrozenTrial], None] | None = None,
     tracker: Tracker | None = None,
+    ledger: Ledger | None = None,
 ) -> int:
     """Run trials until every study's budget is met or ``stop`` is set; return trials run here."""
     specs = {name: stored_spec(s) for name, s in studies.items()}
     for s in studies.values():
         requeue_interrupted(s)
+    worker_id = ledger.start_worker(device) if ledger is not None else None
+    ran = 0
+    try:
+        ran = _loop(studies, specs, device, checkpoint_root, stop, on_trial, tracker, ledger, worker_id)
+    finally:
+        if ledger is not None:
+            ledger.stop_worker(worker_id)
+        if tracker is not None:
+            tracker.flush()
+    return ran
+
+
+def _loop(
+    studies: dict[str, optuna.Study],
+    specs: dict[str, StudySpec],
+    device: str,
+    checkpoint_root: Path,
+    stop: threading.Event,
+    on_trial: Callable[[str, FrozenTrial], None] | None,
+    tracker: Tracker | None,
+    ledger: Ledger | None,
+    worker_id: int | None,
+) -> int:
     ran = 0
     while not stop.is_set():
         open_ = [n for n, s in studies.items() if budget_left(s, specs[n].model(s.user_attrs["model"]))]
@@ -417,7 +471,14 @@ def work(
         name = min(open_, key=lambda n: usage(studies[n]).finished + usage(studies[n]).running)
         study, spec = studies[name], specs[name]
         objective = make_objective(
-            spec, study.user_attrs["model"], device=device, checkpoint_root=checkpoint_root, stop=stop, tracker=tracker
+            spec,
+            study.user_attrs["model"],
+            device=device,
+            checkpoint_root=checkpoint_root,
+            stop=stop,
+            tracker=tracker,
+            ledger=ledger,
+            worker_id=worker_id,
         )
         finished: list[FrozenTrial] = []
 
@@ -434,8 +495,6 @@ def work(
         ran += 1
         if on_trial is not None and finished:
             on_trial(name, finished[0])
-    if tracker is not None:
-        tracker.flush()
     return ran
 
 
@@ -448,6 +507,7 @@ def worker_process(
     threads: int,
     mlflow_uri: str | None = None,
     mlflow_artifact_root: str | None = None,
+    db_url: str | None = None,
 ) -> None:
     """Entry point of a local worker process (``launch --workers N``): one thread, quiet logs,
     SIGINT/SIGTERM stop after the current step with a checkpoint."""
@@ -466,7 +526,12 @@ def worker_process(
     signal.signal(signal.SIGTERM, on_signal)
     studies = load_studies(storage_url, names, stream=stream)
     tracker = Tracker(mlflow_uri, mlflow_artifact_root) if mlflow_uri else None
-    work(studies, device=device, checkpoint_root=Path(checkpoint_root), stop=stop, tracker=tracker)
+    ledger = None
+    if db_url:
+        from irnn_search.service.ledger import Ledger
+
+        ledger = Ledger(db_url)
+    work(studies, device=device, checkpoint_root=Path(checkpoint_root), stop=stop, tracker=tracker, ledger=ledger)
 
 
 def start_workers(
@@ -479,6 +544,7 @@ def start_workers(
     threads: int = 1,
     mlflow_uri: str | None = None,
     mlflow_artifact_root: str | None = None,
+    db_url: str | None = None,
 ) -> list[Any]:
     """Spawn ``workers`` local worker processes (spawn context: no forked torch or DB state)."""
     import multiprocessing as mp
@@ -497,6 +563,7 @@ def start_workers(
                 threads,
                 mlflow_uri,
                 mlflow_artifact_root,
+                db_url,
             ),
             name=f"irnn-search-worker-{i}",
         )

@@ -174,7 +174,19 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     rows = json.loads(CliRunner().invoke(app, ["report", str(spec), "--format", "json"]).stdout.split("\nPlots")[0])
     assert rows[0]["trials"] == 3 and rows[0]["best_value"] is not None
     status = CliRunner().invoke(app, ["status"])
-    assert status.exit_code == 0 and "tiny.irnn" in status.stdout
+    assert status.exit_code == 0 and "tiny.irnn" in status.stdout and "no worker alive" in status.stdout
+
+    # Our experiment database: the launches, the study, every trial run with its outcome.
+    from irnn_search.db import repo
+    from irnn_search.db.session import make_engine, session_scope
+
+    with session_scope(make_engine(f"sqlite:///{tmp_path / 'home' / 'irnn.db'}")) as session:
+        (study,) = repo.studies(session, spec_name="tiny")
+        assert study.study_name == "tiny.irnn" and study.mlflow_parent_run_id
+        runs = repo.trial_runs(session, study_name="tiny.irnn")
+        assert len(runs) == 3 and all(r.outcome in ("complete", "pruned", "diverged") for r in runs)
+        assert all(r.mlflow_run_id and r.wall_s and r.wall_s > 0 for r in runs)
+        assert repo.usage(session, study_name="tiny.irnn").trials == 3
 
     # MLflow, read back through its own client: a parent per study, a child per trial, none RUNNING.
     from mlflow.tracking import MlflowClient

@@ -173,7 +173,23 @@ class Usage:
 
 
 def _counts_against_budget(t: FrozenTrial) -> bool:
-    return not (t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "interrupted")
+    """Interrupted attempts come back as new trials; surplus trials never trained."""
+    return t.user_attrs.get("outcome") not in ("interrupted", "surplus")
+
+
+def _surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
+    """Whether earlier trials (by number, which Optuna assigns atomically) already fill the trial
+    budget. Two workers that pass ``budget_left`` at the same instant both create a trial; the
+    later-numbered one then stands down, so the budget is never overshot."""
+    if model.budget.trials is None:
+        return False
+    states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    ahead = [
+        t
+        for t in trial.study.get_trials(deepcopy=False, states=states)
+        if t.number < trial.number and _counts_against_budget(t)
+    ]
+    return len(ahead) >= model.budget.trials
 
 
 def usage(study: optuna.Study) -> Usage:
@@ -242,6 +258,9 @@ def make_objective(
     model_spec = spec.model(model_key)
 
     def objective(trial: optuna.Trial) -> float:
+        if _surplus(trial, model_spec):
+            trial.set_user_attr("outcome", "surplus")
+            raise optuna.TrialPruned("the trial budget was met by trials already in flight")
         trial.set_user_attr("lineage", trial.user_attrs.get("lineage", trial.number))
         run_id: str | None = None
         ledger_id: int | None = None

@@ -229,3 +229,23 @@ def test_bad_spec_and_unreachable_storage_are_one_clear_line(tmp_path: Path, mon
     result = CliRunner().invoke(app, ["launch", str(_spec(tmp_path))])
     assert result.exit_code == 2, result.output
     assert "secret" not in result.output and "u:***@" in result.output and "Traceback" not in result.output
+
+
+def test_a_trial_started_in_the_same_instant_as_the_last_budgeted_one_stands_down(tmp_path: Path, storage: str) -> None:
+    import dataclasses
+
+    from irnn_search.service.search import make_objective
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    first, second = study.ask(), study.ask()  # two workers' trials, in flight
+    racer = study.ask()  # a third worker passed budget_left just before they started
+    objective = make_objective(spec, "irnn", checkpoint_root=tmp_path / "c")
+    with pytest.raises(optuna.TrialPruned, match="budget was met"):
+        objective(racer)
+    study.tell(racer, state=TrialState.PRUNED)
+    assert study.trials[racer.number].user_attrs["outcome"] == "surplus"
+    assert not (tmp_path / "c").exists()  # it never trained
+    u = usage(study)
+    assert u.running == 2 and u.finished == 0  # the surplus trial does not use the budget
+    del first, second

@@ -100,12 +100,14 @@ def test_gradcheck_float64_in_inputs_and_parameters() -> None:
 
 @pytest.mark.slow
 def test_trains_on_adding_t30_to_half_the_baseline() -> None:
-    from irnn_search.tasks import build_task
-    from irnn_search.train import seed_everything, train
+    from irnn_search.train import seed_everything
+    from tests.models._adding import assert_learns_adding
 
-    task = build_task("adding", {"T": 30, "val_size": 500}, seed=1, batch_size=32)
     seed_everything(1)
     model = ASRNN(ASRNNConfig(hidden_size=32), input_size=2, output_size=1)  # the reference's MNIST a, b, eps
-    config = TrainConfig(steps=3000, eval_every=250, seed=1, optimizer="rmsprop", lr=3e-3, lr_orth=3e-4, clip=10.0)
-    result = train(model, task, config, report=lambda step, m: m["val_mse"] < 1 / 12)
-    assert result.best["val_mse"] < 1 / 12, result.history
+    assert_learns_adding(
+        model,
+        TrainConfig(steps=3000, eval_every=250, seed=1, optimizer="rmsprop", lr=3e-3, lr_orth=3e-4, clip=10.0),
+        seed=1,
+        batch_size=32,
+    )

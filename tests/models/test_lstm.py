@@ -54,12 +54,11 @@ def test_token_inputs_are_embedded_first() -> None:
 
 @pytest.mark.slow
 def test_trains_on_adding_t30_to_half_the_baseline() -> None:
-    from irnn_search.tasks import build_task
-    from irnn_search.train import TrainConfig, seed_everything, train
+    from irnn_search.train import TrainConfig, seed_everything
+    from tests.models._adding import assert_learns_adding
 
-    task = build_task("adding", {"T": 30, "val_size": 500}, seed=0, batch_size=64)
     seed_everything(0)
     model = build_model("lstm", {"hidden_size": 32}, input_size=2, output_size=1)
-    config = TrainConfig(steps=3000, eval_every=250, optimizer="adam", lr=1e-2, clip=1.0)
-    result = train(model, task, config, report=lambda step, m: m["val_mse"] < 1 / 12)
-    assert result.best["val_mse"] < 1 / 12, result.history
+    assert_learns_adding(
+        model, TrainConfig(steps=3000, eval_every=250, optimizer="adam", lr=1e-2, clip=1.0), seed=0, batch_size=64
+    )

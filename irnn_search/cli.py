@@ -466,8 +466,12 @@ def launch_cmd(
 def _report(spec: Any, settings: Any, fmt: str, out: str | None) -> None:
     from pathlib import Path
 
-    from irnn_search.service.report import plots, render, rows_for
+    from irnn_search.service.report import evaluate_best, plots, render, rows_for, spec_studies
 
+    for study in spec_studies(spec, settings.storage_url).values():
+        result = evaluate_best(study)  # best validation, then test: once per best trial
+        if result is not None:
+            _ledger(settings).record_test(study.study_name, result["trial"], result["metrics"])
     rows = rows_for(spec, settings.storage_url)
     sys.stdout.write(render(rows, fmt, spec=spec))
     out_dir = Path(out) if out else settings.home / "reports" / spec.name

@@ -176,6 +176,17 @@ class Ledger:
 
         self._quiet("finish trial run", go)
 
+    def record_test(self, study_name: str, trial_number: int, metrics: dict[str, float]) -> None:
+        """The final test evaluation of a study's best trial, on that trial's run."""
+
+        def go() -> None:
+            with session_scope(self.engine) as s:
+                for run in repo.trial_runs(s, study_name=study_name):
+                    if run.trial_number == trial_number:
+                        repo.record_evaluation(s, trial_run_id=run.id, split="test", metrics=metrics)
+
+        self._quiet("record test evaluation", go)
+
     def workers_alive(self, within_s: float = 3 * HEARTBEAT_S) -> list[Any]:
         with session_scope(self.engine) as s:
             return list(repo.workers_alive(s, within_s=within_s))

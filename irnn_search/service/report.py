@@ -39,6 +39,8 @@ class ModelRow:
     best_trial: int | None
     published_settings_value: float | None  # best complete warm-start trial (our run of their settings)
     published_settings_label: str | None
+    test_value: float | None = None  # the objective's metric on the test split, best trial's best-val checkpoint
+    test_metrics: dict[str, float] = field(default_factory=dict)
     published_numbers: list[dict[str, Any]] = field(default_factory=list)  # what the papers report
 
 
@@ -94,7 +96,60 @@ def model_row(study: optuna.Study) -> ModelRow:
         published_settings_value=best_published.value if best_published else None,
         published_settings_label=best_published.user_attrs.get("label") if best_published else None,
         published_numbers=numbers,
+        test_value=_test_value(study, spec),
+        test_metrics=dict(study.user_attrs.get("test_eval", {}).get("metrics", {})),
     )
+
+
+def _test_value(study: optuna.Study, spec: StudySpec) -> float | None:
+    metrics = study.user_attrs.get("test_eval", {}).get("metrics", {})
+    value = metrics.get(spec.objective.removeprefix("val_"))
+    return float(value) if value is not None else None
+
+
+def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
+    """Evaluate the best trial's best-validation checkpoint on the test split, once.
+
+    The protocol is "best validation, then test" (model selection never sees the test split).
+    The result is cached on the study (``test_eval``) and re-computed only when a better trial
+    appears. Returns None when nothing completed, the task has no test split (smoke tasks), or the
+    checkpoint is gone.
+    """
+    import torch
+
+    from irnn_search.search.space import build_train_config, params_to_kwargs
+    from irnn_search.service.single import prepare_run
+    from irnn_search.train import evaluate
+
+    spec = stored_spec(study)
+    best = _best(study.get_trials(deepcopy=False), spec.direction)
+    if best is None:
+        return None
+    cached = study.user_attrs.get("test_eval")
+    if cached and cached.get("trial") == best.number:
+        return dict(cached)
+    model_spec = spec.model(study.user_attrs["model"])
+    train_kwargs, model_options = params_to_kwargs(model_spec, best.params)
+    seed = spec.seeds[0]
+    run = prepare_run(
+        task=spec.task,
+        task_options=spec.task_options,
+        model=model_spec.family,
+        model_options=model_options,
+        config=build_train_config(spec, train_kwargs, seed=seed),
+        batch_size=spec.batch_size,
+    )
+    if not run.task.has_split("test"):
+        return None
+    ckpt = Path(best.user_attrs.get("checkpoint_dir", "")) / f"seed-{seed}" / "best.pt"
+    if not ckpt.is_file():
+        return None
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    run.model.load_state_dict(state["model"])
+    metrics = evaluate(run.model, run.task, "test")
+    result = {"trial": best.number, "step": int(state["step"]), "metrics": metrics, "checkpoint": str(ckpt)}
+    study.set_user_attr("test_eval", result)
+    return result
 
 
 def spec_studies(spec: StudySpec, storage_url: str) -> dict[str, optuna.Study]:
@@ -129,6 +184,7 @@ def render(rows: list[ModelRow], fmt: str, *, spec: StudySpec | None = None) -> 
             "device_hours",
             "best_value",
             "best_trial",
+            "test_value",
             "published_settings_value",
             "published_settings_label",
             "best_params",
@@ -145,23 +201,31 @@ def render(rows: list[ModelRow], fmt: str, *, spec: StudySpec | None = None) -> 
         lines += [f"# {spec.name}: {spec.description}", "", f"Task `{spec.task}` {spec.task_options}, "
                   f"objective `{spec.objective}` ({spec.direction}), {spec.steps} steps per trial.", ""]  # fmt: skip
     lines += [
-        "| model | best found | published settings (our run) | trials (complete/pruned/failed) | device-hours |",
-        "|---|---:|---:|---:|---:|",
+        "| model | best found (val) | test (best-val checkpoint) | published settings (our run, val) "
+        "| trials (complete/pruned/failed) | device-hours |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         pub = _fmt(r.published_settings_value)
         if r.published_settings_label:
             pub += f" ({r.published_settings_label})"
         lines.append(
-            f"| {r.model} | {_fmt(r.best_value)} | {pub} | {r.trials} ({r.complete}/{r.pruned}/{r.failed}) | "
-            f"{r.device_hours:.3f} |"
+            f"| {r.model} | {_fmt(r.best_value)} | {_fmt(r.test_value)} | {pub} | "
+            f"{r.trials} ({r.complete}/{r.pruned}/{r.failed}) | {r.device_hours:.3f} |"
         )
     lines += ["", "Best hyperparameters:", ""]
     for r in rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
         lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}")
     numbers = [(r.model, n) for r in rows for n in r.published_numbers]
-    lines += ["", "Published numbers (their protocol, not ours: compare with care):", ""]
+    lines += [
+        "",
+        "Our protocol: model selection on the validation split; the test column evaluates the best trial's "
+        "best-validation checkpoint once (– where the task has no test split, e.g. smoke tasks).",
+        "",
+        "Published numbers (their protocol, not ours: compare with care):",
+        "",
+    ]
     if numbers:
         for model, n in numbers:
             size = f", size {n['size']}" if "size" in n else ""

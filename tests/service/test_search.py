@@ -173,6 +173,9 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     assert again.exit_code == 0
     rows = json.loads(CliRunner().invoke(app, ["report", str(spec), "--format", "json"]).stdout.split("\nPlots")[0])
     assert rows[0]["trials"] == 3 and rows[0]["best_value"] is not None
+    # Best validation, then test: the best trial's best checkpoint was evaluated on the test split.
+    assert rows[0]["test_value"] is not None and rows[0]["test_metrics"]["mse"] == rows[0]["test_value"]
+    assert "test (best-val checkpoint)" in result.stdout
     status = CliRunner().invoke(app, ["status"])
     assert status.exit_code == 0 and "tiny.irnn" in status.stdout and "no worker alive" in status.stdout
 
@@ -187,6 +190,8 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
         assert len(runs) == 3 and all(r.outcome in ("complete", "pruned", "diverged") for r in runs)
         assert all(r.mlflow_run_id and r.wall_s and r.wall_s > 0 for r in runs)
         assert repo.usage(session, study_name="tiny.irnn").trials == 3
+        best_run = next(r for r in runs if r.trial_number == rows[0]["best_trial"])
+        assert "test" in repo.evaluations(session, trial_run_id=best_run.id)
 
     # MLflow, read back through its own client: a parent per study, a child per trial, none RUNNING.
     from mlflow.tracking import MlflowClient

@@ -10,17 +10,16 @@ checkpoints in folders beside them. Point ``IRNN_SEARCH_STORAGE`` / ``IRNN_SEARC
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from irnn_search.masking import mask_secrets
+
 PREFIX = "IRNN_SEARCH_"
 
 
-def mask_url(url: str) -> str:
-    """``scheme://user:***@host/...``: never print a password."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+mask_url = mask_secrets  # the one masking rule (irnn_search.masking)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from irnn_search.masking import mask_secrets
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX: Final = "irnn-search/"
@@ -94,22 +96,11 @@ _MAX_TAG_CHARS: Final = 8000
 _TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # The userinfo of a URL, greedy up to the last "@" of the token: over-masking a path that contains
 # "@" is harmless, while a password containing an unescaped "@" must not leak its tail.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*):\S*@")
-_QUERY_PASSWORD = re.compile(r"((?:password|passwd|pwd|token|secret)=)[^&\s]*", re.IGNORECASE)
+mask_uri = mask_secrets  # the name this module has always used
 
 
 class TrackingError(RuntimeError):
     """MLflow refused or could not be reached for an operation whose result the caller needs."""
-
-
-def mask_uri(text: str) -> str:
-    """Hide secrets in a URI, or in a message containing URIs.
-
-    ``postgresql://user:pw@host/db`` becomes ``postgresql://user:***@host/db``, and query
-    parameters such as ``password=…`` or ``token=…`` become ``password=***``. A URI without a
-    password is returned unchanged.
-    """
-    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
 def default_artifact_root(tracking_uri: str) -> str | None:

@@ -12,7 +12,6 @@ password in the URL masked.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+
+from irnn_search.masking import mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,7 @@ class DatabaseError(Exception):
     """The experiment database cannot be reached or used; the message is safe to print."""
 
 
-def mask_url(url: str) -> str:
-    """``postgresql://u:***@host/db``: the URL with its password (if any) masked.
-
-    The password runs to the last ``@`` before the path, so an unescaped ``@`` in it is masked too.
-    """
-    return re.sub(r"(://[^:/@]*:)[^/?#]*@", r"\1***@", url)
+mask_url = mask_secrets  # the one masking rule (irnn_search.masking)
 
 
 def _password(url: str) -> str | None:

@@ -220,10 +220,11 @@ def usage(study: optuna.Study) -> Usage:
     )
 
 
-def budget_left(study: optuna.Study, model: ModelSpec) -> bool:
-    """Whether another trial may start. Trials in flight count, so workers overshoot by at most
-    the trials that start in the same instant."""
-    u = usage(study)
+def budget_left(study: optuna.Study, model: ModelSpec, u: Usage | None = None) -> bool:
+    """Whether another trial may start (trials in flight count). Two workers that pass this check
+    in the same instant are settled by ``_surplus`` when their trials start. ``u``: the study's
+    usage when the caller already has it."""
+    u = u if u is not None else usage(study)
     b = model.budget
     if b.trials is not None and u.finished + u.running >= b.trials:
         return False
@@ -483,11 +484,12 @@ def _loop(
 ) -> int:
     ran = 0
     while not stop.is_set():
-        open_ = [n for n, s in studies.items() if budget_left(s, specs[n].model(s.user_attrs["model"]))]
+        uses = {n: usage(s) for n, s in studies.items()}  # one read of each study's trials per pick
+        open_ = [n for n, s in studies.items() if budget_left(s, specs[n].model(s.user_attrs["model"]), uses[n])]
         if not open_:
             break
         # The study with the fewest started trials goes next: models advance together.
-        name = min(open_, key=lambda n: usage(studies[n]).finished + usage(studies[n]).running)
+        name = min(open_, key=lambda n: uses[n].finished + uses[n].running)
         study, spec = studies[name], specs[name]
         objective = make_objective(
             spec,

@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from irnn_search.tasks.base import TaskError
 
@@ -244,3 +245,25 @@ def resolve(
     if path.name == filename:
         verify_md5(path, md5, explicit=loc.explicit)
     return path
+
+
+def normalise_file_options(cfg: Any, task: str) -> None:
+    """Coerce a frozen task config's ``data_dir``/``cache_dir`` (str or Path) and ``mirrors``
+    (tuple, list or comma-separated string) in place, and refuse empty folders or non-URL mirrors.
+
+    Raises:
+        TaskError: naming the task, the option and the bad value.
+    """
+    for name in ("data_dir", "cache_dir"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, str):
+            object.__setattr__(cfg, name, os.fspath(value))
+        if getattr(cfg, name) == "":
+            raise TaskError(f"{task}: {name} must be a folder path or unset, got an empty string")
+    mirrors = cfg.mirrors
+    if isinstance(mirrors, str):
+        mirrors = tuple(m.strip() for m in mirrors.split(",") if m.strip())
+    object.__setattr__(cfg, "mirrors", tuple(mirrors))
+    for m in cfg.mirrors:
+        if not isinstance(m, str) or "://" not in m:
+            raise TaskError(f"{task}: mirrors must be base URLs like https://host/path/, got {m!r}")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from irnn_search.tasks.base import STREAM_TRAIN, Batch, Split, Task, TaskConfig, TaskError, generator
-from irnn_search.tasks.datafiles import DataError, resolve
+from irnn_search.tasks.datafiles import DataError, normalise_file_options, resolve
 from irnn_search.tasks.mt19937 import legacy_permutation
 
 DATASET = "mnist"
@@ -154,20 +154,7 @@ def load_mnist_file(
 
 # -- configuration ------------------------------------------------------------------------------
 def _normalise_files_options(cfg: MnistConfig | DigitsSmokeConfig, task: str) -> None:
-    # Accept a Path for the folders and a comma-separated string or list for mirrors (CLI input).
-    for name in ("data_dir", "cache_dir"):
-        value = getattr(cfg, name)
-        if value is not None and not isinstance(value, str):
-            object.__setattr__(cfg, name, os.fspath(value))
-        if getattr(cfg, name) == "":
-            raise TaskError(f"{task}: {name} must be a folder path or unset, got an empty string")
-    mirrors = cfg.mirrors
-    if isinstance(mirrors, str):
-        mirrors = tuple(m.strip() for m in mirrors.split(",") if m.strip())
-    object.__setattr__(cfg, "mirrors", tuple(mirrors))
-    for m in cfg.mirrors:
-        if not isinstance(m, str) or "://" not in m:
-            raise TaskError(f"{task}: mirrors must be base URLs like https://host/path/, got {m!r}")
+    normalise_file_options(cfg, task)
     seed = cfg.permutation_seed
     if not isinstance(seed, int) or not 0 <= seed <= 0xFFFFFFFF:
         raise TaskError(f"{task}: permutation_seed must be an integer in [0, 2**32 - 1] (as NumPy), got {seed!r}")

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from irnn_search.tasks.base import Batch, Split, Task, TaskConfig, TaskError
-from irnn_search.tasks.datafiles import DataError, Locations, fetch, verify_md5
+from irnn_search.tasks.datafiles import DataError, Locations, fetch, normalise_file_options, verify_md5
 
 DATASET = "ptb"
 EOS = "<eos>"
@@ -205,19 +205,7 @@ class PTBConfig(TaskConfig):
     )
 
     def __post_init__(self) -> None:
-        for name in ("data_dir", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                object.__setattr__(self, name, os.fspath(value))
-            if getattr(self, name) == "":
-                raise TaskError(f"ptb: {name} must be a folder path or unset, got an empty string")
-        mirrors = self.mirrors
-        if isinstance(mirrors, str):
-            mirrors = tuple(m.strip() for m in mirrors.split(",") if m.strip())
-        object.__setattr__(self, "mirrors", tuple(mirrors))
-        for m in self.mirrors:
-            if not isinstance(m, str) or "://" not in m:
-                raise TaskError(f"ptb: mirrors must be base URLs like https://host/path/, got {m!r}")
+        normalise_file_options(self, "ptb")
         if self.unk not in UNK_MODES:
             raise TaskError(f"ptb: unk must be one of {', '.join(UNK_MODES)}; got {self.unk!r}")
         if self.bptt < 1:

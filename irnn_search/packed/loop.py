@@ -1,0 +1,500 @@
+"""The packed training loop: K members trained as one computation, each as ``train()`` would.
+
+``PackedTrainer`` holds the members in packs (one pack per compatible group: same family,
+variant and parameter shapes; different hidden sizes go to different packs, see ``pack_key``)
+and steps every pack once per ``step()``. For each member it repeats ``irnn_search.train.train``
+phase by phase: the same batches (``task.train_batch(member_step)``, stacked per member, so
+members at different steps after a refill each get their own), the same loss, gradient norm
+(before clipping) and per-member clipping, the same divergence checks and reasons (the bad update
+is never applied), evaluation every ``eval_every`` steps with the same metrics dict, the report
+hook, ``last.pt`` / ``best.pt`` in ``train()``'s format and identity, and the stop event.
+
+Differences from ``train()``, by design:
+
+- **Time.** A pack step's wall time is shared equally among the members in that pack:
+  ``train_time_s`` is each member's share of the device, so summed over members it is the device
+  time actually used (what device-hour budgets count); ``steps_per_s`` is steps per share, the
+  member's effective throughput.
+- **Report hook exceptions** (e.g. ``optuna.TrialPruned``) do not propagate: the member leaves the
+  pack, ``last.pt`` is already saved (as in ``train()``, the checkpoint precedes the hook), and the
+  exception is returned in ``PackedResult.error`` for the caller to re-raise in that trial's
+  context. The other members carry on.
+- **Global RNG.** A resumed member does not restore the global torch/Python RNG state (one state
+  is shared by the whole process); the packed families draw no random numbers while training.
+  Checkpoints still carry the RNG state, as ``train()``'s do.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from irnn_search.models.base import RecurrentModel
+from irnn_search.packed.families import (
+    PackedModel,
+    ordered_params,
+    pack_key,
+    state_abs_max_per_member,
+    why_not_packable,
+)
+from irnn_search.packed.optim import PackedOptimizer, PackError, optimizer_kind
+from irnn_search.tasks.base import Batch, Task
+
+# train()'s own helpers, so checkpoints and identities are train()'s by construction rather than
+# by a copy that could drift.
+from irnn_search.train import (
+    CHECKPOINT_FORMAT,
+    Outcome,
+    ProgressHook,
+    ReportHook,
+    TrainConfig,
+    TrainError,
+    TrainResult,
+    _atomic_save,
+    _better,
+    _identity,
+    _to,
+    build_optimizer,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    """One trial to train in a pack: what ``train(model, task, config, ...)`` would be given.
+
+    ``model`` must be built and initialised as for ``train()`` (``prepare_run``); ``name``
+    labels log lines; ``tag`` is the caller's handle (an Optuna trial, a spec), never read here.
+    """
+
+    model: RecurrentModel
+    task: Task
+    config: TrainConfig
+    report: ReportHook | None = None
+    progress: ProgressHook | None = None
+    checkpoint_dir: str | Path | None = None
+    resume: bool = True
+    name: str = ""
+    tag: Any = None
+
+
+@dataclass
+class PackedResult:
+    """How one member ended. ``error`` is an exception its report hook raised (or one that kept it
+    from starting, e.g. a ``TrainError`` for a foreign checkpoint): re-raise it in the trial's own
+    context. With ``error`` set, ``result.outcome`` is ``"stopped"`` and the reason names it."""
+
+    member: Member
+    result: TrainResult
+    error: BaseException | None = None
+
+
+def _new_interval() -> dict[str, float]:
+    return {"loss": 0.0, "grad": 0.0, "n": 0, "time": 0.0}
+
+
+@dataclass
+class _Run:
+    """One member's bookkeeping: the local variables of ``train()``."""
+
+    member: Member
+    optimizer: torch.optim.Optimizer
+    identity: dict[str, Any]
+    ckpt_dir: Path | None
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)
+    train_time: float = 0.0
+    interval: dict[str, float] = field(default_factory=_new_interval)
+    resumed_from: int | None = None
+    steps_at_start: int = 0
+    session_time: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return self.member.name or f"{self.member.model.family} member"
+
+    def save(self, name: str = "last.pt") -> None:
+        """``train()``'s checkpoint, key for key (the carried state is None: no packed task carries one)."""
+        if self.ckpt_dir is None:
+            return
+        device = torch.device(self.member.config.device)
+        _atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "identity": self.identity,
+                "step": self.step,
+                "model": self.member.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                },
+                "state": None,
+                "history": self.history,
+                "best": self.best,
+                "train_time": self.train_time,
+                "interval": self.interval,
+            },
+            self.ckpt_dir / name,
+        )
+
+    def result(self, outcome: Outcome, reason: str, error: BaseException | None = None) -> PackedResult:
+        done = self.step - self.steps_at_start
+        return PackedResult(
+            self.member,
+            TrainResult(
+                outcome=outcome,
+                reason=reason,
+                step=self.step,
+                steps_per_s=done / self.session_time if self.session_time > 0 else 0.0,
+                final=self.history[-1] if self.history else {},
+                best=self.best,
+                history=self.history,
+                train_time_s=self.train_time,
+                resumed_from=self.resumed_from,
+            ),
+            error,
+        )
+
+
+def _start(member: Member) -> _Run:
+    """What ``train()`` does before its first step: device, optimizer, identity, resume."""
+    config, model, task = member.config, member.model, member.task
+    device = torch.device(config.device)
+    if config.flush_denormal:
+        torch.set_flush_denormal(True)
+    model.to(device)
+    model.train()
+    optimizer = build_optimizer(model, config)
+    optimizer_kind(optimizer)  # PackError now rather than mid-pack
+    ckpt_dir = Path(member.checkpoint_dir) if member.checkpoint_dir is not None else None
+    run = _Run(member, optimizer, _identity(task, model, config), ckpt_dir)
+    if ckpt_dir is not None and member.resume and (ckpt_dir / "last.pt").exists():
+        ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("identity") != run.identity:
+            raise TrainError(
+                f"{ckpt_dir / 'last.pt'} belongs to a different run (task, model or training settings differ); "
+                "use another checkpoint folder or delete it to start over"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        run.step, run.history, run.best = ckpt["step"], ckpt["history"], ckpt["best"]
+        run.train_time, run.interval = ckpt["train_time"], ckpt["interval"]
+        run.resumed_from = run.step
+        log.info("%s: resumed from %s at step %d", run.label, ckpt_dir / "last.pt", run.step)
+    run.steps_at_start = run.step
+    return run
+
+
+def _empty_result(member: Member, reason: str, error: BaseException) -> PackedResult:
+    empty = TrainResult(outcome="stopped", reason=reason, step=0, steps_per_s=0.0, final={}, best={})
+    return PackedResult(member, empty, error)
+
+
+class _Pack:
+    """Members sharing one ``PackedModel`` and one ``PackedOptimizer``.
+
+    The members' own models and torch optimizers are the record: the pack copies them in when it
+    is built and writes a member back (``sync``) before it is checkpointed or leaves. A pack whose
+    membership changes is rebuilt from its members (a copy of the parameters: cheap next to a step).
+    """
+
+    def __init__(self, runs: list[_Run]) -> None:
+        self.runs = runs
+        first = runs[0].member
+        self.device = torch.device(first.config.device)
+        self.readout = first.task.readout
+        self.model = PackedModel([r.member.model for r in runs], self.device)
+        self.optim = PackedOptimizer(
+            self.model.params, [(r.optimizer, dict(ordered_params(r.member.model))) for r in runs]
+        )
+        clip = [r.member.config.clip if r.member.config.clip else math.inf for r in runs]
+        self.clip = torch.tensor(clip, dtype=torch.float32, device=self.device)
+
+    def sync(self, k: int) -> None:
+        """Write member ``k``'s parameters and optimizer state back into its own objects."""
+        self.model.write_back(k, self.runs[k].member.model)
+        self.optim.export(k)
+
+    def train_step(self) -> dict[int, str]:
+        """One optimizer step for every member; returns {index: reason} for members that diverged
+        (their update was not applied)."""
+        t0 = time.perf_counter()
+        runs, K = self.runs, len(self.runs)
+        batches = [_to(r.member.task.train_batch(r.step), self.device) for r in runs]
+        x = torch.stack([b.x for b in batches])
+        out, new_state = self.model.forward(x, self.readout)
+        losses = torch.stack([r.member.task.loss(out[k], batches[k]) for k, r in enumerate(runs)])
+        params = [self.model.params[n] for n in self.model.names]
+        for p in params:
+            p.grad = None
+        losses.sum().backward()  # members share no parameters: each slice gets its own gradient
+
+        # Per-member clip_grad_norm_: the norm of the per-parameter norms, in parameters() order.
+        grads = [p.grad for p in params if p.grad is not None]
+        with torch.no_grad():
+            norms = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.reshape(K, -1), dim=1) for g in grads]), dim=0
+            )
+            coef = torch.clamp(self.clip / (norms + 1e-6), max=1.0)
+            for g in grads:
+                g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+            hidden = state_abs_max_per_member(new_state)
+            loss_v, norm_v, hidden_v = torch.stack([losses.detach(), norms, hidden]).tolist()
+
+        bad: dict[int, str] = {}
+        for k, r in enumerate(runs):
+            cfg, at = r.member.config, r.step + 1
+            if not math.isfinite(loss_v[k]):
+                bad[k] = f"training loss is {loss_v[k]} at step {at}"
+            elif not math.isfinite(norm_v[k]) or norm_v[k] > cfg.max_grad_norm:
+                bad[k] = f"gradient norm {norm_v[k]:.3g} exceeds {cfg.max_grad_norm:.3g} at step {at}"
+            elif not hidden_v[k] <= cfg.max_hidden:
+                bad[k] = f"hidden state reached {hidden_v[k]:.3g} (limit {cfg.max_hidden:.3g}) at step {at}"
+        self.optim.step(skip=bad)
+        for p in params:
+            p.grad = None
+        share = (time.perf_counter() - t0) / K
+
+        for k, r in enumerate(runs):
+            if k in bad:
+                continue
+            r.step += 1
+            r.train_time += share
+            r.session_time += share
+            r.interval["loss"] += loss_v[k]
+            r.interval["grad"] += norm_v[k]
+            r.interval["n"] += 1
+            r.interval["time"] += share
+            if r.member.progress is not None:
+                r.member.progress(r.step, loss_v[k])
+        return bad
+
+    @torch.no_grad()
+    def evaluate(self, due: list[int]) -> dict[int, dict[str, float]]:
+        """Validation metrics of the members ``due``, as ``irnn_search.train.evaluate`` computes
+        them: members with the same task options run packed over their own (identical) batches."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for k in due:
+            task = self.runs[k].member.task
+            groups.setdefault((type(task).__name__, repr(sorted(task.describe().items()))), []).append(k)
+        metrics: dict[int, dict[str, float]] = {}
+        for members in groups.values():
+            index = torch.tensor(members, dtype=torch.long, device=self.device)
+            params = {n: p.detach().index_select(0, index) for n, p in self.model.params.items()}
+            tasks = [self.runs[k].member.task for k in members]
+            totals: list[dict[str, float]] = [{} for _ in members]
+            for batches in zip(*(t.eval_batches("val") for t in tasks), strict=True):
+                moved: list[Batch] = [_to(b, self.device) for b in batches]
+                out, _ = self.model.forward(torch.stack([b.x for b in moved]), self.readout, params)
+                for j, (task, b) in enumerate(zip(tasks, moved, strict=True)):
+                    for key, value in task.stats(out[j], b).items():
+                        totals[j][key] = totals[j].get(key, 0.0) + value
+            for j, k in enumerate(members):
+                metrics[k] = tasks[j].summarize(totals[j])
+        return metrics
+
+
+class PackedTrainer:
+    """Packs of members stepped together; the incremental API a worker drives.
+
+    ``add(member)`` puts a member into the pack its shape fits (opening a new pack if none does);
+    ``step()`` runs one optimizer step of every pack and returns the members that left (completed,
+    stopped, diverged, or whose report hook raised); ``interrupt()`` checkpoints every member and
+    returns them all as ``"interrupted"``. ``train_packed`` is the loop around these.
+    """
+
+    def __init__(self) -> None:
+        self.packs: dict[tuple[Any, ...], _Pack] = {}
+
+    @property
+    def active(self) -> int:
+        return sum(len(p.runs) for p in self.packs.values())
+
+    def add(self, member: Member) -> PackedResult | None:
+        """Start ``member`` (resuming its checkpoint as ``train()`` would) and put it in a pack.
+
+        Returns None when it joined, or a ``PackedResult`` with ``error`` when it could not start
+        (a checkpoint of another run: ``TrainError``). Raises ``PackError`` when the member cannot
+        be packed at all (see ``why_not_packable``): train it alone.
+        """
+        why = why_not_packable(member.model, member.task)
+        if why is not None:
+            raise PackError(why)
+        try:
+            run = _start(member)
+        except TrainError as exc:
+            log.warning("%s could not start: %s", member.name or member.model.family, exc)
+            return _empty_result(member, f"could not start: {exc}", exc)
+        if run.step >= member.config.steps:  # resumed at or past its budget: nothing to train
+            return run.result("completed", f"completed {run.step} steps")
+        key = pack_key(member.model, member.task, member.config.device)
+        pack = self.packs.get(key)
+        runs = [run] if pack is None else [*self._release(pack), run]
+        self.packs[key] = _Pack(runs)
+        return None
+
+    def _release(self, pack: _Pack) -> list[_Run]:
+        for k in range(len(pack.runs)):
+            pack.sync(k)
+        return pack.runs
+
+    def step(self) -> list[PackedResult]:
+        """One optimizer step for every member of every pack (then evaluation for those due)."""
+        left: list[PackedResult] = []
+        for key in list(self.packs):
+            pack = self.packs[key]
+            gone: dict[int, PackedResult] = {}
+            for k, reason in pack.train_step().items():
+                run = pack.runs[k]
+                pack.sync(k)  # parameters of the last finite step: the bad update was skipped
+                log.warning("%s diverged: %s", run.label, reason)
+                gone[k] = run.result("diverged", f"diverged: {reason}")
+            due = [
+                k
+                for k, r in enumerate(pack.runs)
+                if k not in gone and (r.step % r.member.config.eval_every == 0 or r.step == r.member.config.steps)
+            ]
+            if due:
+                for k, val in pack.evaluate(due).items():
+                    ended = self._after_eval(pack, k, val)
+                    if ended is not None:
+                        gone[k] = ended
+            for k, r in enumerate(pack.runs):
+                if k not in gone and r.step >= r.member.config.steps:
+                    pack.sync(k)
+                    gone[k] = r.result("completed", f"completed {r.step} steps")
+            if gone:
+                left.extend(gone[k] for k in sorted(gone))
+                remaining = [r for k, r in enumerate(pack.runs) if k not in gone]
+                for k in range(len(pack.runs)):
+                    if k not in gone:
+                        pack.sync(k)
+                if remaining:
+                    self.packs[key] = _Pack(remaining)
+                else:
+                    del self.packs[key]
+        return left
+
+    def _after_eval(self, pack: _Pack, k: int, val: dict[str, float]) -> PackedResult | None:
+        """``train()``'s evaluation phase for member ``k``: metrics, checkpoints, report hook."""
+        run = pack.runs[k]
+        task, interval = run.member.task, run.interval
+        n = max(int(interval["n"]), 1)
+        metrics = {
+            "step": float(run.step),
+            **{f"val_{key}": v for key, v in val.items()},
+            "train_loss": interval["loss"] / n,
+            "grad_norm": interval["grad"] / n,
+            "steps_per_s": interval["n"] / interval["time"] if interval["time"] > 0 else 0.0,
+        }
+        run.interval = _new_interval()
+        run.history.append(metrics)
+        key = f"val_{task.metric}"
+        pack.sync(k)
+        if not math.isfinite(metrics.get(key, math.nan)):
+            run.save()
+            why = f"validation {task.metric} is {metrics.get(key)} at step {run.step}"
+            log.warning("%s diverged: %s", run.label, why)
+            return run.result("diverged", f"diverged: {why}")
+        improved = _better(task, metrics[key], run.best.get(key))
+        if improved:
+            run.best = dict(metrics)
+        run.save()
+        if improved:
+            run.save("best.pt")
+        if run.member.report is not None:
+            try:
+                if run.member.report(run.step, metrics):
+                    return run.result("stopped", f"stopped by the report hook at step {run.step}")
+            except Exception as exc:  # e.g. optuna.TrialPruned: this member's business only
+                reason = f"report hook raised {type(exc).__name__} at step {run.step}"
+                return run.result("stopped", reason, exc)
+        return None
+
+    def interrupt(self, reason: str = "interrupted") -> list[PackedResult]:
+        """Checkpoint every member and return them all as ``"interrupted"`` (the pack empties)."""
+        left = []
+        for pack in self.packs.values():
+            for k, run in enumerate(pack.runs):
+                pack.sync(k)
+                run.save()
+                left.append(run.result("interrupted", f"{reason} at step {run.step}; resume from the checkpoint"))
+        self.packs.clear()
+        return left
+
+
+def train_packed(
+    members: Iterable[Member],
+    *,
+    stop: threading.Event | None = None,
+    refill: Callable[[], Member | None] | None = None,
+    on_result: Callable[[PackedResult], None] | None = None,
+    slots: int | None = None,
+) -> list[PackedResult]:
+    """Train ``members`` together until every one has left; return their results in leaving order.
+
+    Args:
+        stop: when set, every member checkpoints at the next step boundary and ends
+            ``"interrupted"`` (as ``train()`` with its stop event).
+        refill: called whenever fewer than ``slots`` members are training; returns the next
+            member, or None for "no more for now" (asked again after the next member leaves).
+        on_result: called as each member leaves, before its slot is refilled (record the
+            trial's outcome there so the caller's budget sees it before the next refill).
+        slots: members trained at once; default: the number of initial members.
+
+    Raises:
+        PackError: a member (initial or from ``refill``) cannot be packed; check
+            ``why_not_packable`` first and train such members alone.
+    """
+    trainer = PackedTrainer()
+    results: list[PackedResult] = []
+
+    def done(res: PackedResult) -> None:
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+
+    initial = list(members)
+    capacity = slots if slots is not None else len(initial)
+    for m in initial:
+        early = trainer.add(m)
+        if early is not None:
+            done(early)
+
+    def fill() -> None:
+        while refill is not None and trainer.active < capacity:
+            m = refill()
+            if m is None:
+                return
+            early = trainer.add(m)
+            if early is not None:
+                done(early)
+
+    fill()
+    while trainer.active:
+        if stop is not None and stop.is_set():
+            for res in trainer.interrupt():
+                done(res)
+            break
+        left = trainer.step()
+        for res in left:
+            done(res)
+        if left:
+            fill()
+    return results
+
+
+__all__ = ["Member", "PackedResult", "PackedTrainer", "train_packed"]

@@ -61,6 +61,8 @@ PG_USER = "irnn"
 #: the databases ``up`` creates: Optuna's, ours, MLflow's, and a scratch database for tests
 UP_DATABASES = ("optuna", "irnn", "mlflow", "scratch")
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: where Debian and Ubuntu keep each major version's server binaries (``15/bin``)
+SYSTEM_POSTGRESQL = Path("/usr/lib/postgresql")
 _SOCKET_PATH_MAX = 100  # a unix socket path is at most 107 bytes; ".s.PGSQL.NNNNN" takes 15 of them
 
 
@@ -136,7 +138,7 @@ def find_postgres_bindir() -> Path:
     def version(p: Path) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", p.parent.name)) or (0,)
 
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
+    candidates += sorted(SYSTEM_POSTGRESQL.glob("*/bin"), key=version, reverse=True)
     for folder in candidates:
         if (folder / "initdb").is_file() and (folder / "postgres").is_file():
             return folder
@@ -328,6 +330,9 @@ class Postgres:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.initialised:
             return self
+        for program in ("initdb", "postgres"):
+            if not (self.bindir / program).is_file():
+                raise ServerError(f"PostgreSQL's {program} is not in {self.bindir}: install PostgreSQL or fix the path")
         as_pg = _as_server_user()
         if as_pg:
             os.chown(self.folder, as_pg["user"], as_pg["group"])

@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Real servers (PostgreSQL, MLflow, optuna-dashboard): see tests/servers_fixtures.py.
+from tests.servers_fixtures import dashboard, mlflow_server, pg, pg_database  # noqa: F401
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

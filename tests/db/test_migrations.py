@@ -1,8 +1,8 @@
 """Migrations of the experiment database: reversible, ours alone, in step with the models.
 
-Runs on SQLite files; set ``IRNN_SEARCH_TEST_POSTGRES_URL`` to a scratch PostgreSQL database to
-run the same tests there too (its ``irnn_*``, ``alembic_version`` and ``studies`` tables are
-dropped before and after each test).
+Runs on SQLite files and on PostgreSQL: a fresh database on the ``pg`` fixture's server, or the
+scratch database of ``IRNN_SEARCH_TEST_POSTGRES_URL`` when that is set (its ``irnn_*``,
+``alembic_version`` and ``studies`` tables are dropped before and after each test).
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'irnn.db'}"
         return
-    if not POSTGRES_URL:
-        pytest.skip("set IRNN_SEARCH_TEST_POSTGRES_URL to a scratch PostgreSQL database")
+    if not POSTGRES_URL:  # a fresh database on the `pg` server (skips when there is no PostgreSQL here)
+        yield request.getfixturevalue("pg_database")
+        return
     _drop_all(POSTGRES_URL)
     yield POSTGRES_URL
     _drop_all(POSTGRES_URL)

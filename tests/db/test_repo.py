@@ -1,7 +1,7 @@
 """Repository functions of the experiment database, on a migrated database (no mocks).
 
-Runs on SQLite files; set ``IRNN_SEARCH_TEST_POSTGRES_URL`` to a scratch PostgreSQL database to
-run the same tests there too.
+Runs on SQLite files and on PostgreSQL: a fresh database on the ``pg`` fixture's server, or the
+scratch database of ``IRNN_SEARCH_TEST_POSTGRES_URL`` when that is set.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     elif POSTGRES_URL:
         url = POSTGRES_URL
         _drop_ours(url)
-    else:
-        pytest.skip("set IRNN_SEARCH_TEST_POSTGRES_URL to a scratch PostgreSQL database")
+    else:  # a fresh database on the `pg` server (skips when there is no PostgreSQL here)
+        url = request.getfixturevalue("pg_database")
     migrate.upgrade(url)
     engine = make_engine(url)
     yield engine

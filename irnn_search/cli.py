@@ -435,6 +435,7 @@ def launch_cmd(
         mlflow_uri=settings.mlflow_tracking_uri if tracker else None,
         mlflow_artifact_root=settings.mlflow_artifact_root if tracker else None,
         db_url=settings.db_url,
+        heartbeat=(settings.heartbeat_s, settings.grace_s),
     )
     from rich.live import Live
 
@@ -558,26 +559,50 @@ def worker_cmd(
     threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
     track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
 ) -> None:
-    """Pull and run trials from the studies on the configured storage until their budgets are met."""
+    """Pull and run trials from the studies on the configured storage until their budgets are met.
+
+    SIGTERM or Ctrl-C: the running trial checkpoints, is re-queued for any worker, and the worker
+    exits 0. A trial of a worker that died is re-queued by the other workers' janitors.
+    """
+    import os
+    import socket
     import threading
 
     import torch
 
-    from irnn_search.service.search import SearchError, load_studies, work
+    from irnn_search.service.search import SearchError, open_for_work, work
+    from irnn_search.tracking import worker_http_defaults
 
     settings = _settings()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
     torch.set_num_threads(threads or settings.threads or 1)
+    if track:
+        worker_http_defaults()
+    tracker = _tracker(settings, track)
+    ledger = _ledger(settings)
     try:
-        studies = load_studies(settings.storage_url, study)
+        studies, janitor = open_for_work(
+            settings.storage_url,
+            study,
+            stream=os.getpid(),
+            heartbeat_s=settings.heartbeat_s,
+            grace_s=settings.grace_s,
+            tracker=tracker,
+            ledger=ledger,
+            retry_s=settings.db_retry_s,
+        )
     except SearchError as exc:
         raise _fail(str(exc)) from None
     except Exception as exc:
         raise _storage_error(exc, settings.storage_url) from None
     err = _console(stderr=True)
+    what = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
     err.print(
-        f"worker on [bold]{device}[/] ({torch.get_num_threads()} thread(s)): {', '.join(studies) or 'no studies'}"
+        f"worker {socket.gethostname()}:{os.getpid()} on [bold]{device}[/] ({what}, {torch.get_num_threads()} "
+        f"thread(s)); studies: {', '.join(studies) or 'none'}; heartbeat {settings.heartbeat_s} s, "
+        f"lost after {settings.grace_s} s",
+        highlight=False,
     )
     stop = threading.Event()
 
@@ -587,14 +612,18 @@ def worker_cmd(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
+    def on_start(trial: Any, params: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        again = f" (attempt after trial {trial.user_attrs['retry_of']})" if "retry_of" in trial.user_attrs else ""
+        line = f"{trial.study.study_name} trial {trial.number}: running on {device}{again}: {shown}"
+        err.print(line, highlight=False)
+
     def on_trial(name: str, trial: Any) -> None:
         outcome = trial.user_attrs.get("outcome", trial.state.name.lower())
         value = "" if trial.value is None else f" value {trial.value:.4g}"
         reason = trial.user_attrs.get("reason", "")
         err.print(f"{name} trial {trial.number}: {outcome}{value} {reason}".rstrip(), highlight=False)
 
-    tracker = _tracker(settings, track)
-    ledger = _ledger(settings)
     try:
         ran = work(
             studies,
@@ -602,8 +631,10 @@ def worker_cmd(
             checkpoint_root=settings.checkpoint_root.resolve(),
             stop=stop,
             on_trial=on_trial,
+            on_start=on_start,
             tracker=tracker,
             ledger=ledger,
+            janitor=janitor,
         )
     finally:
         for s, handler in previous.items():

@@ -38,6 +38,12 @@ class Settings:
     cache_dir: Path | None = None
     #: torch intra-op threads per process; None = torch's default
     threads: int | None = None
+    #: seconds between a running trial's heartbeats
+    heartbeat_s: int = 10
+    #: a running trial with no heartbeat for this long is failed and re-queued (its worker died)
+    grace_s: int = 30
+    #: how long storage calls are retried while the database connection is lost (a restart)
+    db_retry_s: int = 120
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -47,9 +53,23 @@ class Settings:
             value = env.get(PREFIX + name)
             return Path(value).expanduser() if value else None
 
-        threads = env.get(PREFIX + "THREADS")
-        if threads is not None and not threads.strip().isdigit():
-            raise ValueError(f"{PREFIX}THREADS must be a positive integer, got {threads!r}")
+        def count(name: str, default: int | None, minimum: int = 1) -> int | None:
+            value = env.get(PREFIX + name)
+            if value is None or value == "":
+                return default
+            if not value.strip().isdigit() or int(value) < minimum:
+                raise ValueError(f"{PREFIX}{name} must be an integer >= {minimum}, got {value!r}")
+            return int(value)
+
+        threads = count("THREADS", None)
+        heartbeat = count("HEARTBEAT_S", cls.heartbeat_s)
+        grace = count("GRACE_S", max(cls.grace_s, 3 * (heartbeat or cls.heartbeat_s)))
+        assert heartbeat is not None and grace is not None
+        if grace <= heartbeat:
+            raise ValueError(
+                f"{PREFIX}GRACE_S ({grace}) must be longer than {PREFIX}HEARTBEAT_S ({heartbeat}), "
+                "or live trials would be declared lost; 3x is a safe choice"
+            )
         return cls(
             home=path("HOME") or Path(".irnn-search"),
             storage=env.get(PREFIX + "STORAGE") or None,
@@ -57,7 +77,10 @@ class Settings:
             mlflow_uri=env.get(PREFIX + "MLFLOW_URI") or None,
             data_dir=path("DATA_DIR"),
             cache_dir=path("CACHE_DIR"),
-            threads=int(threads) if threads else None,
+            threads=threads,
+            heartbeat_s=heartbeat,
+            grace_s=grace,
+            db_retry_s=count("DB_RETRY_S", cls.db_retry_s, minimum=0) or 0,
         )
 
     def _sqlite(self, name: str) -> str:

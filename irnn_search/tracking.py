@@ -24,6 +24,7 @@ outcome                               status       why
 ``diverged``                          FINISHED     divergence is a normal outcome (pruned in Optuna)
 ``failed``                            FAILED       an error in the trial
 ``interrupted`` / ``killed``          KILLED       stopped from outside; a later attempt may resume it
+``lost``                              KILLED       its worker died (no heartbeat); a later attempt resumes it
 ====================================  ===========  ====================================================
 
 Outages: ``log_metrics``, ``set_outcome``, ``log_artifacts``, ``end_run`` and ``finish_parent`` never
@@ -87,6 +88,7 @@ OUTCOME_STATUS: Final[Mapping[str, str]] = {
     "failed": "FAILED",
     "interrupted": "KILLED",
     "killed": "KILLED",
+    "lost": "KILLED",
 }
 _END_STATUSES: Final = ("FINISHED", "FAILED", "KILLED")
 
@@ -97,6 +99,17 @@ _TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # The userinfo of a URL, greedy up to the last "@" of the token: over-masking a path that contains
 # "@" is harmless, while a password containing an unescaped "@" must not leak its tail.
 mask_uri = mask_secrets  # the name this module has always used
+
+
+def worker_http_defaults() -> None:
+    """Short MLflow HTTP retries for a worker process (unless set already): 2 retries and a 20 s
+    timeout instead of 7 retries and 120 s, so an MLflow outage costs a training step seconds,
+    not minutes. The tracker's own buffer retries beyond that."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 class TrackingError(RuntimeError):
@@ -477,6 +490,43 @@ class Tracker:
             ops.append(_Text(run_id, json.dumps(config, indent=2, sort_keys=True, default=str), "config.json"))
         ops.extend(uploads)
         self._submit(*ops)
+
+    def log_checkpoint(self, run_id: str, path: str | Path, artifact_dir: str) -> None:
+        """Upload a resumable checkpoint (``last.pt``) to ``artifact_dir`` of the run, replacing the
+        previous one, so a worker on another machine can resume the trial (``fetch_checkpoint``).
+
+        Buffered when the store is unreachable; while it is, one pending upload per file is kept
+        (the file is read when it is sent, so the newest checkpoint goes).
+        """
+        upload = _Upload(run_id, Path(path), artifact_dir)
+        with self._lock:
+            if upload in self._buffer:
+                return
+        self._submit(upload)
+
+    def fetch_checkpoint(self, run_id: str, artifact_dir: str, dest: str | Path, *, max_hops: int = 20) -> str | None:
+        """Download ``artifact_dir/last.pt`` of the run into ``dest`` (a folder); when that attempt
+        never uploaded one, follow ``irnn.resumed_from`` to earlier attempts. Returns the run id the
+        checkpoint came from, or None when no attempt has one or the store is unreachable."""
+        current: str | None = run_id
+        for _ in range(max_hops):
+            if current is None:
+                return None
+            try:
+                names = {Path(f.path).name for f in self.client.list_artifacts(current, artifact_dir)}
+                if "last.pt" in names:
+                    Path(dest).mkdir(parents=True, exist_ok=True)
+                    local = self.client.download_artifacts(current, f"{artifact_dir}/last.pt", str(dest))
+                    if Path(local) != Path(dest) / "last.pt":
+                        Path(local).replace(Path(dest) / "last.pt")
+                    return current
+                current = self._tags_of(current).get(TAG_RESUMED_FROM)
+            except (MlflowException, OSError) as exc:
+                log.warning(
+                    "could not fetch the checkpoint of MLflow run %s: %s", current, mask_uri(str(exc)).splitlines()[0]
+                )
+                return None
+        return None
 
     def end_run(self, run_id: str, outcome: str, reason: str | None = None) -> None:
         """End a trial's run with the status its outcome maps to (``OUTCOME_STATUS``), tagging

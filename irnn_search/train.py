@@ -188,6 +188,7 @@ def train(
     stop: threading.Event | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task``.
 
@@ -201,6 +202,8 @@ def train(
             returns outcome ``"interrupted"`` (Ctrl-C, SIGTERM).
         checkpoint_dir: folder for ``last.pt`` / ``best.pt``; with ``resume`` an existing
             ``last.pt`` of the same run is continued, one of another run is refused.
+        on_checkpoint: called with the path of ``last.pt`` each time it is written (e.g. to copy
+            it where other machines can resume it).
 
     Returns:
         A ``TrainResult``. Divergence is reported as outcome ``"diverged"`` with the reason; the
@@ -274,6 +277,8 @@ def train(
             },
             ckpt_dir / name,
         )
+        if name == "last.pt" and on_checkpoint is not None:
+            on_checkpoint(ckpt_dir / name)
 
     def result(outcome: Outcome, reason: str) -> TrainResult:
         return TrainResult(

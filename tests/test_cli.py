@@ -121,7 +121,7 @@ def test_db_commands_upgrade_report_and_downgrade_the_experiment_database(
     monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path))
     monkeypatch.delenv("IRNN_SEARCH_DB", raising=False)
     up = runner.invoke(app, ["db", "upgrade"])
-    assert up.exit_code == 0 and "at revision 0001" in up.stdout
+    assert up.exit_code == 0 and "at revision 0002" in up.stdout
     assert "up to date" in runner.invoke(app, ["db", "current"]).stdout
     down = runner.invoke(app, ["db", "downgrade", "base"])
     assert down.exit_code == 0 and "at revision None" in down.stdout

@@ -34,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 TABLE_PREFIX = "irnn_"
 
 STUDY_STATUSES = ("open", "finished")
-OUTCOMES = ("complete", "pruned", "diverged", "failed", "interrupted")
+OUTCOMES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -176,6 +176,10 @@ class TrialRunRow(Base):
     #: the objective; NULL when there is none (NaN and inf are never stored)
     value: Mapped[float | None] = mapped_column(Float)
     resumed_from_step: Mapped[int | None] = mapped_column(Integer)
+    #: the packed computation this run shared with other trials (NULL: it ran alone)
+    pack_id: Mapped[str | None] = mapped_column(String(64))
+    #: trials in the pack when this run joined it
+    pack_size: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[StudyRow] = relationship(lazy="joined")
 

@@ -265,8 +265,11 @@ def start_trial_run(
     worker_id: int | None,
     device: str,
     mlflow_run_id: str | None,
+    pack_id: str | None = None,
+    pack_size: int | None = None,
 ) -> int:
-    """Record that a trial started running; returns the trial run id.
+    """Record that a trial started running; returns the trial run id. ``pack_id``: the packed
+    computation it shares with ``pack_size - 1`` other trials (None: it runs alone).
 
     Raises ``ValueError`` when the trial already has a run: a retried trial is a new Optuna trial.
     """
@@ -286,6 +289,8 @@ def start_trial_run(
         worker_id=worker_id,
         device=device,
         mlflow_run_id=mlflow_run_id,
+        pack_id=pack_id,
+        pack_size=pack_size,
     )
     session.add(row)
     session.flush()
@@ -324,6 +329,26 @@ def finish_trial_run(
     row.resumed_from_step = resumed_from_step
     row.finished_at = utcnow()
     session.flush()
+
+
+def mark_lost(session: Session, *, study_name: str, trial_number: int, reason: str) -> bool:
+    """A trial whose worker died: its unfinished run (if recorded) ends with outcome ``lost``.
+    Returns whether a run was marked."""
+    study = _study(session, study_name)
+    row = session.scalars(
+        select(TrialRunRow).where(
+            TrialRunRow.study_id == study.id,
+            TrialRunRow.trial_number == trial_number,
+            TrialRunRow.outcome.is_(None),
+        )
+    ).first()
+    if row is None:
+        return False
+    row.outcome = "lost"
+    row.reason = reason
+    row.finished_at = utcnow()
+    session.flush()
+    return True
 
 
 def trial_runs(session: Session, *, study_name: str) -> list[TrialRunRow]:

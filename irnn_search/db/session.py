@@ -107,8 +107,8 @@ def make_engine(url: str, *, connect_timeout_s: int = CONNECT_TIMEOUT_S, echo: b
             parsed,
             echo=echo,
             pool_pre_ping=True,
-            pool_size=2,
-            max_overflow=2,
+            pool_size=1,
+            max_overflow=1,
             pool_recycle=POOL_RECYCLE_S,
             **kwargs,
         )

@@ -141,6 +141,15 @@ class Ledger:
 
         return self._quiet("start trial run", go)
 
+    def mark_lost(self, study_name: str, trial_number: int, reason: str) -> None:
+        """The trial's worker died (no heartbeat): its open run ends as ``lost``."""
+
+        def go() -> None:
+            with session_scope(self.engine) as s:
+                repo.mark_lost(s, study_name=study_name, trial_number=trial_number, reason=reason)
+
+        self._quiet("mark lost trial", go)
+
     def finish_trial(
         self,
         run_id: int | None,

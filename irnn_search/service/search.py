@@ -9,9 +9,15 @@ and the worker loop that pulls trials until every budget is met.
 - A trial reports the objective every ``report_every`` steps; the pruner may stop it. A diverging
   trial is pruned with ``outcome = "diverged"`` and its reason on the trial; any other error fails
   that trial with its reason and the worker carries on. NaN is never returned as a value.
-- Stop (Ctrl-C, SIGTERM): the running trial checkpoints and is marked ``interrupted``; the next
-  ``launch`` or ``worker`` re-queues it with the same parameters and it resumes from the
+- Stop (Ctrl-C, SIGTERM): the running trial checkpoints and is marked ``interrupted``; its worker
+  re-queues it at once with the same parameters and whichever worker takes it resumes from the
   checkpoint.
+- A worker that dies (SIGKILL, lost machine) stops its trial's heartbeat; the janitor thread of
+  any live worker fails that trial after the grace period, re-queues it, ends its MLflow run as
+  KILLED and its run in our database as ``lost`` (see ``Janitor``).
+- Checkpoints are written locally at every report and uploaded to the trial's MLflow run
+  (``checkpoints/seed-<s>/last.pt``); a resumed attempt on another machine downloads the last one,
+  so no worker's disk is special.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler, build_train_config, suggest
 from irnn_search.search.spec import ModelSpec, StudySpec
 from irnn_search.service.single import prepare_run
+from irnn_search.service.storage import GRACE_S, HEARTBEAT_S, RETRY_S, StaleCallback, open_storage
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger
-from irnn_search.tracking import Tracker
+from irnn_search.tracking import Tracker, TrackingError, worker_http_defaults
 from irnn_search.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -57,13 +64,6 @@ def study_name(spec_name: str, model: str) -> str:
     return f"{spec_name}.{model}"
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    """RDB storage with settings for several local processes (SQLite) or many workers (PostgreSQL)."""
-    if url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
-
-
 def open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None = None) -> dict[str, optuna.Study]:
     """Create or load the studies of ``spec`` and enqueue the published settings (idempotent).
 
@@ -73,7 +73,7 @@ def open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None = No
     Raises:
         SearchError: a study of that name was launched with a different spec (its hash differs).
     """
-    storage = _storage(storage_url)
+    storage = open_storage(storage_url, heartbeat_s=None)
     studies = {}
     for key, model in spec.models.items():
         name = study_name(spec.name, key)
@@ -100,7 +100,7 @@ def open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None = No
                 "[study] name, or delete the old studies to start over"
             )
         enqueue_published(study, spec, key)
-        requeue_interrupted(study)
+        requeue_released(study)
         if tracker is not None:
             experiment_id = tracker.experiment(spec.task)
             parent = tracker.parent_run(
@@ -143,19 +143,92 @@ def stored_spec(study: optuna.Study) -> StudySpec:
     return StudySpec.from_dict(data)
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Enqueue a copy of every interrupted trial not yet re-queued; it resumes from its checkpoint."""
+def released(t: FrozenTrial) -> bool:
+    """A failed trial that is to run again: interrupted (it checkpointed and stopped) or lost (its
+    worker died, so nothing recorded an outcome and the janitor failed it)."""
+    return t.state == TrialState.FAIL and t.user_attrs.get("outcome") in (None, "interrupted")
+
+
+def requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> None:
+    """Enqueue a copy of released trial ``t`` (same params and lineage): it resumes from the
+    lineage's checkpoint and logs into an MLflow run linked to ``t``'s."""
+    attrs = {k: v for k, v in t.user_attrs.items() if k not in ("outcome", "reason", "retry_reason")}
+    attrs["retry_of"] = t.number
+    attrs["retry_reason"] = reason
+    attrs.setdefault("lineage", t.number)
+    study.enqueue_trial(t.params, user_attrs=attrs)
+
+
+def requeue_released(study: optuna.Study, *, min_age_s: float = 60.0) -> int:
+    """Re-queue released trials that nobody re-queued (their worker died between failing and
+    re-queueing them). Trials released in the last ``min_age_s`` seconds are left to the process
+    that released them, which re-queues within milliseconds, so no trial is re-queued twice."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
+    now = time.time()
     n = 0
     for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("outcome") == "interrupted" and t.number not in retried:
-            attrs = {k: v for k, v in t.user_attrs.items() if k not in ("outcome", "reason")}
-            attrs["retry_of"] = t.number
-            attrs.setdefault("lineage", t.user_attrs.get("lineage", t.number))
-            study.enqueue_trial(t.params, user_attrs=attrs)
-            n += 1
+        if not released(t) or t.number in retried:
+            continue
+        if t.datetime_complete is not None and now - t.datetime_complete.timestamp() < min_age_s:
+            continue
+        requeue(study, t, t.user_attrs.get("reason") or "its worker stopped before re-queueing it")
+        n += 1
     return n
+
+
+requeue_interrupted = requeue_released  # the name tests and older callers use
+
+
+class Janitor:
+    """Fails trials whose worker stopped sending heartbeats and re-queues them.
+
+    Every worker runs one as a thread: every ``interval_s`` it asks Optuna to fail each study's
+    stale trials (RUNNING with no heartbeat for longer than the storage's grace period). Optuna
+    changes a trial's state atomically, so exactly one janitor wins each stale trial and runs
+    ``on_stale`` for it: re-queue it, end its MLflow run as KILLED, mark its run ``lost`` in our
+    database. A trial whose worker died is therefore back in the queue within
+    ``grace + interval`` seconds, whether or not any worker starts a new trial.
+    """
+
+    def __init__(self, *, tracker: Tracker | None = None, ledger: Ledger | None = None, grace_s: float = GRACE_S):
+        self.tracker = tracker
+        self.ledger = ledger
+        self.grace_s = grace_s
+        self.lost: list[tuple[str, int]] = []
+
+    def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = f"lost: its worker sent no heartbeat for more than {self.grace_s:.0f} s (killed or unreachable)"
+        requeue(study, trial, reason)
+        self.lost.append((study.study_name, trial.number))
+        log.warning("study %s trial %d: %s; re-queued", study.study_name, trial.number, reason)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if self.tracker is not None and run_id and trial.user_attrs.get("mlflow_run_trial") == trial.number:
+            self.tracker.end_run(run_id, "lost", reason)
+        if self.ledger is not None:
+            self.ledger.mark_lost(study.study_name, trial.number, reason)
+
+    def sweep(self, studies: Iterable[optuna.Study]) -> None:
+        import warnings
+
+        for study in studies:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            except Exception as exc:  # the janitor never stops the worker
+                log.warning("janitor: could not check study %s for stale trials: %s", study.study_name, exc)
+
+    def run(self, studies: Iterable[optuna.Study], stop: threading.Event, interval_s: float) -> threading.Thread:
+        studies = list(studies)
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                self.sweep(studies)
+
+        thread = threading.Thread(target=loop, name="irnn-search-janitor", daemon=True)
+        thread.start()
+        return thread
 
 
 # -- budgets ------------------------------------------------------------------------------------
@@ -173,8 +246,8 @@ class Usage:
 
 
 def _counts_against_budget(t: FrozenTrial) -> bool:
-    """Interrupted attempts come back as new trials; surplus trials never trained."""
-    return t.user_attrs.get("outcome") not in ("interrupted", "surplus")
+    """Released attempts (interrupted or lost) come back as new trials; surplus trials never trained."""
+    return not released(t) and t.user_attrs.get("outcome") != "surplus"
 
 
 def _surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
@@ -250,6 +323,7 @@ def make_objective(
     tracker: Tracker | None = None,
     ledger: Ledger | None = None,
     worker_id: int | None = None,
+    on_start: Callable[[optuna.Trial, dict[str, Any]], None] | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The Optuna objective of one model: suggest, train every seed, return the mean best value.
 
@@ -269,20 +343,48 @@ def make_objective(
         value_out: float | None = None
         started = time.perf_counter()
         outcome, reason = "failed", ""
+        # An earlier attempt of this lineage (interrupted or lost): its run holds the checkpoint.
+        previous_run: str | None = trial.user_attrs.get("mlflow_run_id")
+        pending: list[tuple[int, dict[str, float]]] = []  # reports made while MLflow was unreachable
+        retry_at = 0.0
         try:
             train_kwargs, model_options = suggest(trial, model_spec)
             parent = trial.study.user_attrs.get("mlflow_parent_run_id")
-            if tracker is not None and parent is not None:
-                run_id = tracker.trial_run(
-                    experiment_id=trial.study.user_attrs["mlflow_experiment_id"],
-                    parent_run_id=parent,
-                    study_name=trial.study.study_name,
-                    trial_number=trial.number,
-                    params={**train_kwargs, **model_options},
-                    tags={"irnn.source": str(trial.user_attrs.get("source", "sampler"))},
-                    resumed_from=trial.user_attrs.get("mlflow_run_id"),
-                )
+
+            def ensure_run() -> str | None:
+                """The trial's MLflow run, created now or, after an outage, as soon as MLflow answers."""
+                nonlocal run_id, retry_at
+                if run_id is not None or tracker is None or parent is None or time.monotonic() < retry_at:
+                    return run_id
+                try:
+                    run_id = tracker.trial_run(
+                        experiment_id=trial.study.user_attrs["mlflow_experiment_id"],
+                        parent_run_id=parent,
+                        study_name=trial.study.study_name,
+                        trial_number=trial.number,
+                        params={**train_kwargs, **model_options},
+                        tags={"irnn.source": str(trial.user_attrs.get("source", "sampler"))},
+                        resumed_from=previous_run,
+                    )
+                except TrackingError as exc:
+                    if retry_at == 0.0:
+                        log.warning(
+                            "trial %d of %s trains on without its MLflow run for now (%s); "
+                            "its metrics are kept and sent when MLflow answers",
+                            trial.number,
+                            trial.study.study_name,
+                            exc,
+                        )
+                    retry_at = time.monotonic() + tracker.retry_interval_s
+                    return None
                 trial.set_user_attr("mlflow_run_id", run_id)
+                trial.set_user_attr("mlflow_run_trial", trial.number)
+                for step, metrics in pending:
+                    tracker.log_metrics(run_id, step, metrics)
+                pending.clear()
+                return run_id
+
+            ensure_run()
             if ledger is not None:
                 ledger_id = ledger.start_trial(
                     study_name=trial.study.study_name,
@@ -293,6 +395,8 @@ def make_objective(
                 )
                 if worker_id is not None:
                     ledger.beat(worker_id, trial.study.study_name, trial.number)
+            if on_start is not None:
+                on_start(trial, {**train_kwargs, **model_options})
             values = []
             for i, seed in enumerate(spec.seeds):
                 config = build_train_config(spec, train_kwargs, seed=seed, device=device)
@@ -306,10 +410,13 @@ def make_objective(
                 )
 
                 def report(step: int, metrics: dict[str, float], first: bool = i == 0, seed: int = seed) -> bool:
-                    if tracker is not None and run_id is not None:
-                        tracker.log_metrics(
-                            run_id, step, metrics if first else {f"{k}_seed{seed}": v for k, v in metrics.items()}
-                        )
+                    if tracker is not None:
+                        named = metrics if first else {f"{k}_seed{seed}": v for k, v in metrics.items()}
+                        rid = ensure_run()
+                        if rid is not None:
+                            tracker.log_metrics(rid, step, named)
+                        else:
+                            pending.append((step, named))
                     value = metrics.get(spec.objective, math.nan)
                     if first and math.isfinite(value):
                         trial.report(value, step)
@@ -319,13 +426,32 @@ def make_objective(
                             raise optuna.TrialPruned(f"pruned at step {step}")
                     return False
 
+                def on_checkpoint(path: Path, seed: int = seed) -> None:
+                    rid = ensure_run()
+                    if tracker is not None and rid is not None:
+                        tracker.log_checkpoint(rid, path, f"checkpoints/seed-{seed}")
+
                 ckpt = _checkpoint_dir(checkpoint_root, trial.study.study_name, trial, seed)
                 trial.set_user_attr("checkpoint_dir", str(ckpt.parent))
-                result = train(run.model, run.task, run.config, report=report, stop=stop, checkpoint_dir=ckpt)
+                if tracker is not None and previous_run and not (ckpt / "last.pt").exists():
+                    source = tracker.fetch_checkpoint(previous_run, f"checkpoints/seed-{seed}", ckpt)
+                    if source is not None:
+                        log.info("trial %d seed %d: fetched the checkpoint of run %s", trial.number, seed, source)
+                result = train(
+                    run.model,
+                    run.task,
+                    run.config,
+                    report=report,
+                    stop=stop,
+                    checkpoint_dir=ckpt,
+                    on_checkpoint=on_checkpoint,
+                )
                 last = result
+                if result.resumed_from is not None:
+                    trial.set_user_attr(f"resumed_at_step_seed{seed}", result.resumed_from)
                 if on_result is not None:
                     on_result(trial, result)
-                if tracker is not None and run_id is not None and i == 0:
+                if tracker is not None and ensure_run() is not None and run_id is not None and i == 0:
                     _log_trial_artifacts(tracker, run_id, spec, run, result, ckpt, train_kwargs, model_options)
                 trial.set_user_attr("steps_per_s", result.steps_per_s)
                 trial.set_user_attr("parameters", run.model.num_parameters())
@@ -362,6 +488,8 @@ def make_objective(
         finally:  # no MLflow run outlives its trial, whatever the outcome
             if tracker is not None and run_id is not None:
                 tracker.end_run(run_id, outcome, reason or None)
+                if outcome == "interrupted":
+                    tracker.flush()  # the checkpoint is uploaded before another worker may take the trial
             if ledger is not None:
                 ledger.finish_trial(
                     ledger_id,
@@ -422,9 +550,23 @@ def _log_trial_artifacts(
 
 
 # -- workers ------------------------------------------------------------------------------------
-def load_studies(storage_url: str, names: Iterable[str] | None = None, *, stream: int = 0) -> dict[str, optuna.Study]:
-    """Open studies launched by irnn-search on a storage (all, or the named ones), keyed by name."""
-    storage = _storage(storage_url)
+def load_studies(
+    storage_url: str,
+    names: Iterable[str] | None = None,
+    *,
+    stream: int = 0,
+    heartbeat_s: int | None = None,
+    grace_s: int | None = None,
+    on_stale: StaleCallback | None = None,
+    retry_s: float = RETRY_S,
+) -> dict[str, optuna.Study]:
+    """Open studies launched by irnn-search on a storage (all, or the named ones), keyed by name.
+
+    Workers pass ``heartbeat_s`` (their trials then keep a heartbeat, and a trial silent for
+    ``grace_s`` is failed and handed to ``on_stale``, normally ``Janitor.on_stale``); readers
+    (status, report) leave it None.
+    """
+    storage = open_storage(storage_url, heartbeat_s=heartbeat_s, grace_s=grace_s, on_stale=on_stale, retry_s=retry_s)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     wanted = set(names) if names else None
     out = {}
@@ -445,6 +587,31 @@ def load_studies(storage_url: str, names: Iterable[str] | None = None, *, stream
     return out
 
 
+def open_for_work(
+    storage_url: str,
+    names: Iterable[str] | None = None,
+    *,
+    stream: int = 0,
+    heartbeat_s: int = HEARTBEAT_S,
+    grace_s: int = GRACE_S,
+    tracker: Tracker | None = None,
+    ledger: Ledger | None = None,
+    retry_s: float = RETRY_S,
+) -> tuple[dict[str, optuna.Study], Janitor]:
+    """A worker's studies, with heartbeats on and a janitor that re-queues lost trials."""
+    janitor = Janitor(tracker=tracker, ledger=ledger, grace_s=grace_s)
+    studies = load_studies(
+        storage_url,
+        names,
+        stream=stream,
+        heartbeat_s=heartbeat_s,
+        grace_s=grace_s,
+        on_stale=janitor.on_stale,
+        retry_s=retry_s,
+    )
+    return studies, janitor
+
+
 def work(
     studies: dict[str, optuna.Study],
     *,
@@ -452,18 +619,35 @@ def work(
     checkpoint_root: Path,
     stop: threading.Event,
     on_trial: Callable[[str, FrozenTrial], None] | None = None,
+    on_start: Callable[[optuna.Trial, dict[str, Any]], None] | None = None,
     tracker: Tracker | None = None,
     ledger: Ledger | None = None,
+    janitor: Janitor | None = None,
+    janitor_interval_s: float | None = None,
 ) -> int:
-    """Run trials until every study's budget is met or ``stop`` is set; return trials run here."""
+    """Run trials until every study's budget is met or ``stop`` is set; return trials run here.
+
+    With a ``janitor`` (``open_for_work``) a thread fails and re-queues the trials of dead workers
+    every ``janitor_interval_s`` (default: the storage's heartbeat interval).
+    """
     specs = {name: stored_spec(s) for name, s in studies.items()}
     for s in studies.values():
-        requeue_interrupted(s)
+        requeue_released(s)
     worker_id = ledger.start_worker(device) if ledger is not None else None
     ran = 0
+    done = threading.Event()
+    if janitor is not None:
+        interval = janitor_interval_s
+        if interval is None:
+            storage = next(iter(studies.values()))._storage if studies else None
+            get = getattr(storage, "get_heartbeat_interval", None)
+            interval = float(get() or HEARTBEAT_S) if callable(get) else float(HEARTBEAT_S)
+        janitor.sweep(studies.values())
+        janitor.run(studies.values(), done, interval)
     try:
-        ran = _loop(studies, specs, device, checkpoint_root, stop, on_trial, tracker, ledger, worker_id)
+        ran = _loop(studies, specs, device, checkpoint_root, stop, on_trial, on_start, tracker, ledger, worker_id)
     finally:
+        done.set()
         if ledger is not None:
             ledger.stop_worker(worker_id)
         if tracker is not None:
@@ -478,6 +662,7 @@ def _loop(
     checkpoint_root: Path,
     stop: threading.Event,
     on_trial: Callable[[str, FrozenTrial], None] | None,
+    on_start: Callable[[optuna.Trial, dict[str, Any]], None] | None,
     tracker: Tracker | None,
     ledger: Ledger | None,
     worker_id: int | None,
@@ -500,6 +685,7 @@ def _loop(
             tracker=tracker,
             ledger=ledger,
             worker_id=worker_id,
+            on_start=on_start,
         )
         finished: list[FrozenTrial] = []
 
@@ -514,6 +700,10 @@ def _loop(
             callbacks=[keep],
         )
         ran += 1
+        if finished and released(finished[0]):  # interrupted: back in the queue at once
+            requeue(study, finished[0], finished[0].user_attrs.get("reason", "interrupted"))
+        if ledger is not None and worker_id is not None:
+            ledger.beat(worker_id, None, None)
         if on_trial is not None and finished:
             on_trial(name, finished[0])
     return ran
@@ -529,6 +719,7 @@ def worker_process(
     mlflow_uri: str | None = None,
     mlflow_artifact_root: str | None = None,
     db_url: str | None = None,
+    heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
 ) -> None:
     """Entry point of a local worker process (``launch --workers N``): one thread, quiet logs,
     SIGINT/SIGTERM stop after the current step with a checkpoint."""
@@ -545,14 +736,27 @@ def worker_process(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    studies = load_studies(storage_url, names, stream=stream)
+    if mlflow_uri:
+        worker_http_defaults()
     tracker = Tracker(mlflow_uri, mlflow_artifact_root) if mlflow_uri else None
     ledger = None
     if db_url:
         from irnn_search.service.ledger import Ledger
 
         ledger = Ledger(db_url)
-    work(studies, device=device, checkpoint_root=Path(checkpoint_root), stop=stop, tracker=tracker, ledger=ledger)
+    heartbeat_s, grace_s = heartbeat
+    studies, janitor = open_for_work(
+        storage_url, names, stream=stream, heartbeat_s=heartbeat_s, grace_s=grace_s, tracker=tracker, ledger=ledger
+    )
+    work(
+        studies,
+        device=device,
+        checkpoint_root=Path(checkpoint_root),
+        stop=stop,
+        tracker=tracker,
+        ledger=ledger,
+        janitor=janitor,
+    )
 
 
 def start_workers(
@@ -566,6 +770,7 @@ def start_workers(
     mlflow_uri: str | None = None,
     mlflow_artifact_root: str | None = None,
     db_url: str | None = None,
+    heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
 ) -> list[Any]:
     """Spawn ``workers`` local worker processes (spawn context: no forked torch or DB state)."""
     import multiprocessing as mp
@@ -585,6 +790,7 @@ def start_workers(
                 mlflow_uri,
                 mlflow_artifact_root,
                 db_url,
+                heartbeat,
             ),
             name=f"irnn-search-worker-{i}",
         )

@@ -87,7 +87,7 @@ def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
 def test_upgrade_downgrade_upgrade_round_trip_leaves_the_same_tables(url: str) -> None:
     assert migrate.current(url) is None
     migrate.upgrade(url)
-    assert migrate.current(url) == migrate.head() == "0001"
+    assert migrate.current(url) == migrate.head() == "0002"
     first = _schema(url)
     assert set(first) == OUR_TABLES
 
@@ -122,7 +122,7 @@ def test_the_version_table_is_ours_and_a_foreign_alembic_version_is_left_untouch
     engine.dispose()
 
     migrate.upgrade(url)
-    assert _rows(url, f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [("0001",)]
+    assert _rows(url, f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [("0002",)]
     assert _rows(url, "SELECT version_num FROM alembic_version") == [("v3.2.0.a",)]
     assert migrate.check(url) == []  # the foreign tables are not ours to compare
 

@@ -1,0 +1,165 @@
+"""Optuna's storage, made fit for a pool of workers on one PostgreSQL server.
+
+- **Few connections.** Each worker process holds at most 3 connections to Optuna's database (main
+  thread, Optuna's heartbeat thread, our janitor thread share one small pool: ``pool_size=1``,
+  ``max_overflow=2``), plus 1 to ours; 16 workers stay far below PostgreSQL's default
+  ``max_connections`` of 100. Connections are pre-pinged and recycled, so a restarted server is
+  reconnected to on the next use. Workers are spawned, never forked, so no connection is shared
+  between processes.
+- **Riding out a restart.** Every storage call that fails because the connection was lost (the
+  server restarting, a network blip) is retried with backoff for ``retry_s`` seconds (default 120,
+  ``IRNN_SEARCH_DB_RETRY_S``), with one warning per outage. Without this, Optuna's heartbeat
+  thread dies on the first error and a healthy trial would later be declared stale.
+- **Heartbeats.** A trial's worker records a heartbeat every ``heartbeat_s`` seconds; a RUNNING trial
+  whose heartbeat is older than ``grace_s`` is failed by whichever worker looks first (the janitor
+  thread of every worker looks every ``heartbeat_s``) and ``on_stale`` re-queues it.
+
+SQLite (the embedded default) is local and has no restarts: it gets no retries and no pool limits.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
+from sqlalchemy import exc as sa_exc
+
+from irnn_search.masking import mask_secrets
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 120.0
+HEARTBEAT_S = 10
+GRACE_S = 30
+
+StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a lost or refused database connection."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        if type(e).__module__.startswith("psycopg") and type(e).__name__ in ("OperationalError", "InterfaceError"):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class ResilientRDBStorage(RDBStorage):
+    """``RDBStorage`` whose public calls retry while the database connection is lost."""
+
+    retry_s: float = RETRY_S
+
+    def __init__(self, url: str, *, retry_s: float = RETRY_S, **kwargs: Any) -> None:
+        self.retry_s = retry_s
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None
+        super().__init__(url, **kwargs)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state.pop("_outage_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._outage_lock = threading.Lock()
+
+    def _outage(self, error: BaseException, deadline: float | None) -> float:
+        with self._outage_lock:
+            now = time.monotonic()
+            if self._outage_since is None:
+                self._outage_since = now
+                log.warning(
+                    "Optuna storage %s unreachable (%s); retrying for up to %.0f s",
+                    mask_secrets(self.url),
+                    mask_secrets(str(error).splitlines()[0] if str(error) else type(error).__name__),
+                    self.retry_s,
+                )
+            return deadline if deadline is not None else now + self.retry_s
+
+    def _recovered(self) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                log.warning(
+                    "Optuna storage %s reachable again after %.1f s",
+                    mask_secrets(self.url),
+                    time.monotonic() - self._outage_since,
+                )
+                self._outage_since = None
+
+
+def _retrying(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def method(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline: float | None = None
+        delay = 0.25
+        while True:
+            try:
+                out = fn(self, *args, **kwargs)
+            except Exception as error:
+                if not connection_lost(error):
+                    raise
+                deadline = self._outage(error, deadline)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 5.0)
+                continue
+            if deadline is not None or self._outage_since is not None:
+                self._recovered()
+            return out
+
+    return method
+
+
+_NOT_WRAPPED = ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback")
+for _name, _fn in list(vars(RDBStorage).items()):
+    if callable(_fn) and (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in _NOT_WRAPPED:
+        setattr(ResilientRDBStorage, _name, _retrying(_fn))
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_s: int | None = HEARTBEAT_S,
+    grace_s: int | None = GRACE_S,
+    on_stale: StaleCallback | None = None,
+    retry_s: float = RETRY_S,
+) -> RDBStorage:
+    """Optuna's RDB storage for ``url``, set up for its backend (see the module docstring).
+
+    ``heartbeat_s=None`` turns heartbeats off (a process that only reads or registers studies).
+    """
+    beat: dict[str, Any] = {}
+    if heartbeat_s is not None:
+        beat = {
+            "heartbeat_interval": int(heartbeat_s),
+            "grace_period": int(grace_s if grace_s is not None else 3 * heartbeat_s),
+            "heartbeat_stale_trial_callback": on_stale,
+        }
+    if url.startswith("sqlite"):
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+    engine_kwargs: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 1,
+        "max_overflow": 2,
+        "pool_recycle": 300,
+    }
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    return ResilientRDBStorage(url, retry_s=retry_s, engine_kwargs=engine_kwargs, **beat)

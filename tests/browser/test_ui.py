@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.slow]
 
 # The flags that render both UIs headless as root (MACHINE-NOTES): without a virtual-time budget
@@ -136,6 +137,8 @@ def search(pg: Any, mlflow_server: Any, tmp_path_factory: pytest.TempPathFactory
         "IRNN_SEARCH_MLFLOW_URI": mlflow_server.uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "COLUMNS": "120",
+        # the checkout under test, whatever an editable install of the venv points at
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     out = subprocess.run(
         [_cli(), "launch", str(spec_path), "--workers", "1", "--no-report"],

@@ -106,14 +106,17 @@ def _lstm_params(model: RecurrentModel) -> dict[str, Tensor]:
 
 
 def _lstm(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, State]:
-    """nn.LSTM's cell, gate order input, forget, cell, output; the readout sees h, never c."""
-    proj = _project(x, p["w_ih"], p["b_ih"] + p["b_hh"])
+    """nn.LSTM's CPU cell op for op (ATen ``LSTMCell`` with precomputed inputs): gates are
+    ``(h W_hhᵀ + b_hh) + (x W_ihᵀ + b_ih)``, gate order input, forget, cell, output, and
+    ``c' = f·c + i·g``, ``h' = o·tanh(c')``; the same order of additions keeps the packed member on
+    the fused kernel's trajectory. The readout sees h, never c."""
+    proj = _project(x, p["w_ih"], p["b_ih"])
     H = p["w_hh"].shape[-1]
     h = c = _zeros(x, H)
-    w_t = p["w_hh"].mT
+    w_t, b_hh = p["w_hh"].mT, p["b_hh"].unsqueeze(1)
     outs = []
     for xt in proj.unbind(0):
-        i, f, g, o = torch.baddbmm(xt, h, w_t).chunk(4, dim=-1)
+        i, f, g, o = torch.baddbmm(b_hh, h, w_t).add(xt).chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         outs.append(h)
@@ -273,12 +276,30 @@ class PackedModel:
         """
         p = self.params if params is None else params
         hs, state = self.family.recurrence(p, x, self.variant)
-        w_out, b_out = p["w_out"], p["b_out"].unsqueeze(1)
         if readout == "last":
-            return torch.baddbmm(b_out, hs[-1], w_out.mT), state
+            return _readout(hs[-1], p["w_out"], p["b_out"]), state
         T, K, B, H = hs.shape
-        out = torch.baddbmm(b_out, hs.transpose(0, 1).reshape(K, T * B, H), w_out.mT)
+        out = _readout(hs.transpose(0, 1).reshape(K, T * B, H), p["w_out"], p["b_out"])
         return out.view(K, T, B, -1), state
+
+
+#: Below this many multiply-adds per member, ATen's CPU ``bmm`` takes a naive loop that sums in
+#: another order than ``addmm`` (what ``nn.Linear`` runs); above it both call the same BLAS gemm
+#: and agree bit for bit (checked: recurrence and readout of a pack equal the model's exactly).
+_SMALL_BMM = 400
+
+
+def _readout(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Per-member linear readout: ``h`` [K, N, H] -> [K, N, O]."""
+    _, N, H = h.shape
+    if h.device.type == "cpu" and N * H * w.shape[1] < _SMALL_BMM:
+        # Tiny readouts (the adding task's single output at small batch): one Linear per member
+        # keeps the member on the trajectory of the model alone; the cost is K tiny ops per step.
+        outs = [
+            nn.functional.linear(hk, wk, bk) for hk, wk, bk in zip(h.unbind(0), w.unbind(0), b.unbind(0), strict=True)
+        ]
+        return torch.stack(outs)
+    return torch.baddbmm(b.unsqueeze(1), h, w.mT)
 
 
 def state_abs_max_per_member(state: State) -> Tensor:

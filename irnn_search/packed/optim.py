@@ -204,7 +204,8 @@ def _update(
         # A fresh buffer is zeros: 0·m + g == g exactly, torch's "first step: buf = grad".
         # Members with momentum 0 get buf = g as well (torch keeps no buffer for them).
         buf.mul_(_column(hp["momentum"], w)).add_(g)
-        w.add_(buf * _column([-lr for lr in hp["lr"]], w))
+        # add_(buf, alpha=-lr) fuses the multiply-add; addcmul with a tensor factor rounds the same.
+        w.addcmul_(buf, _column([-lr for lr in hp["lr"]], w).expand_as(w))
         return
     if kind == "adam":
         exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]

@@ -1,0 +1,72 @@
+"""Every packed member reports and ends exactly as the same trial trained alone by train()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from irnn_search.packed import train_packed
+from tests.packed._trials import Spec, assert_same_history, assert_same_params
+
+# Members of one pack differ in lr, clip (incl. off), init options and optimizer.
+SPECS = [
+    Spec("irnn", {"identity_scale": 1.0}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "clip": 1.0}),
+    Spec("irnn", {"identity_scale": 0.3}, {"optimizer": "adam", "lr": 3e-3, "clip": None}),
+    Spec("irnn", {"identity_scale": 0.01}, {"optimizer": "rmsprop", "lr": 1e-3, "alpha": 0.9, "clip": 0.1}),
+    Spec("irnn", {}, {"optimizer": "sgd", "lr": 5e-3, "clip": 10.0}, seed=3),
+    Spec("rnn", {}, {"optimizer": "sgd", "lr": 2e-2, "clip": None}),
+    Spec("rnn", {}, {"optimizer": "adam", "lr": 1e-3, "betas": (0.8, 0.99)}, seed=1),
+    Spec("lstm", {"forget_bias": 1.0}, {"optimizer": "adam", "lr": 3e-3}),
+    Spec("lstm", {"forget_bias": 0.0, "init": "glorot"}, {"optimizer": "rmsprop", "lr": 1e-3, "clip": None}),
+    Spec("exprnn", {"init": "henaff"}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
+    Spec("exprnn", {"init": "cayley"}, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 5e-4, "clip": None}),
+    Spec("cayley", {}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.5}),
+    Spec("rnn-orth", {}, {"optimizer": "adam", "lr": 1e-3}),
+    Spec("rnn-orth", {"nonlinearity": "modrelu"}, {"optimizer": "rmsprop", "lr": 1e-3, "clip": None}),
+]
+
+
+def test_every_member_matches_its_run_alone_metrics_parameters_and_checkpoint(tmp_path: Path) -> None:
+    members = [s.member(checkpoint_dir=tmp_path / f"packed{i}") for i, s in enumerate(SPECS)]
+    results = {id(r.member): r for r in train_packed(members)}
+    for i, (spec, member) in enumerate(zip(SPECS, members, strict=True)):
+        model, alone = spec.alone(checkpoint_dir=tmp_path / f"alone{i}")
+        res = results[id(member)]
+        assert res.error is None
+        assert (res.result.outcome, res.result.reason, res.result.step) == (alone.outcome, alone.reason, alone.step)
+        assert_same_history(res.result.history, alone.history)
+        assert res.result.best["step"] == alone.best["step"]
+        assert_same_params(member.model, model)
+
+        # The checkpoint is train()'s: same keys, identity and optimizer state layout and values.
+        for name in ("last.pt", "best.pt"):
+            ours = torch.load(tmp_path / f"packed{i}" / name, weights_only=False)
+            theirs = torch.load(tmp_path / f"alone{i}" / name, weights_only=False)
+            assert ours.keys() == theirs.keys()
+            assert ours["identity"] == theirs["identity"]
+            assert ours["step"] == theirs["step"]
+            assert ours["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
+            assert ours["optimizer"]["state"].keys() == theirs["optimizer"]["state"].keys()
+            for pid, state in theirs["optimizer"]["state"].items():
+                assert state.keys() == ours["optimizer"]["state"][pid].keys(), spec
+                for key, value in state.items():
+                    # Moments of gradients: entries far below the tensor's scale carry the
+                    # rounding of the backward pass, so the bound is relative to that scale.
+                    scale = float(value.abs().max()) if value.numel() else 1.0
+                    torch.testing.assert_close(
+                        ours["optimizer"]["state"][pid][key], value, rtol=1e-4, atol=1e-5 * scale
+                    )
+            assert ours["model"].keys() == theirs["model"].keys()
+
+
+@pytest.mark.parametrize("family", ["irnn", "lstm"])
+def test_a_pack_of_one_equals_the_run_alone_on_the_default_cpu_kernels(family: str) -> None:
+    # The LSTM alone on oneDNN's fused kernel (what train() uses by default on CPU), Adam + clip.
+    spec = Spec(family, {}, {"optimizer": "adam", "lr": 1e-3})
+    member = spec.member()
+    (res,) = train_packed([member])
+    model, alone = spec.alone(onednn=True)
+    assert_same_history(res.result.history, alone.history)
+    assert_same_params(member.model, model)

@@ -22,9 +22,9 @@ For tests, benchmarks, CI, and for trying the shared (server) mode on one machin
 - **optuna-dashboard** (``Dashboard``) on a storage URL, with the stdlib ``wsgiref`` server.
 
 Every server keeps its state in its own folder (``server.json``, a pidfile, a log), so another
-process can ``attach`` to it and stop or restart it (``down`` does). Servers started here are
-stopped by a finalizer when the starting process exits, unless ``detach()`` was called (``up``
-does, so the servers outlive it). Passwords go into URLs but never into our messages: URLs are
+process can ``attach`` to it and stop or restart it (``down`` does). Servers created here are
+stopped by a finalizer when this process exits, unless ``detach()`` was called (``up`` does, so
+the servers outlive it); an attached server is never stopped by a finalizer, even if restarted here. Passwords go into URLs but never into our messages: URLs are
 masked with :func:`irnn_search.masking.mask_secrets`, and passwords and storage URLs reach the
 server processes through their environment, never their command lines.
 
@@ -224,6 +224,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def _stop_postmaster(data: Path, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
     """Fast shutdown (SIGINT), then immediate (SIGQUIT), then SIGKILL; used by stop() and finalizers."""
+    if proc is not None and proc.poll() is not None:
+        proc = None  # ours has exited: stop whatever postmaster now runs in data (another process may have started it)
     pid = proc.pid if proc is not None else _postmaster_pid(data)
     if pid is None:
         return
@@ -274,6 +276,9 @@ class Postgres:
         self.fsync = fsync
         self.proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        #: False for a server attached by its folder: this process may stop and start it, but a start
+        #: here does not stop it when this process exits (it belongs to whoever created it)
+        self.owned = True
 
     # -- paths and state
     @property
@@ -306,7 +311,7 @@ class Postgres:
             password = (folder / "password").read_text().strip()
         except (OSError, ValueError) as exc:
             raise ServerError(f"no PostgreSQL server state in {folder}: {exc}") from None
-        return cls(
+        server = cls(
             folder,
             port=state["port"],
             user=state["user"],
@@ -314,6 +319,8 @@ class Postgres:
             bindir=state["bindir"],
             fsync=state["fsync"],
         )
+        server.owned = False
+        return server
 
     # -- URLs
     def url(self, db: str = "postgres", driver: str = "postgresql+psycopg") -> str:
@@ -443,7 +450,7 @@ class Postgres:
     def _arm_finalizer(self) -> None:
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _stop_postmaster, self.data, self.proc)
+        self._finalizer = weakref.finalize(self, _stop_postmaster, self.data, self.proc) if self.owned else None
 
     def detach(self) -> None:
         """Let the server outlive this object and this process (stop it later with ``attach(...).stop()``)."""
@@ -538,6 +545,9 @@ class _HttpServer:
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        #: False for a server attached by its folder: this process may stop and start it, but a start
+        #: here does not stop it when this process exits (it belongs to whoever created it)
+        self.owned = True
 
     @property
     def url(self) -> str:
@@ -608,7 +618,9 @@ class _HttpServer:
         self.pidfile.write_text(f"{self.proc.pid} {stat[1] if stat else 0}\n")
         if self._finalizer is not None:
             self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _stop_tree, self.proc, self.proc.pid, stat[1] if stat else None)
+        self._finalizer = None
+        if self.owned:
+            self._finalizer = weakref.finalize(self, _stop_tree, self.proc, self.proc.pid, stat[1] if stat else None)
         deadline = time.monotonic() + timeout
         while not self.ready():
             if self.proc.poll() is not None:
@@ -671,7 +683,9 @@ class MlflowServer(_HttpServer):
     @classmethod
     def attach(cls, folder: str | Path) -> MlflowServer:
         state = _read_state(Path(folder), "MLflow")
-        return cls(folder, state["backend_store_uri"], port=state["port"])
+        server = cls(folder, state["backend_store_uri"], port=state["port"])
+        server.owned = False
+        return server
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
         cmd = [
@@ -725,7 +739,9 @@ class Dashboard(_HttpServer):
     @classmethod
     def attach(cls, folder: str | Path) -> Dashboard:
         state = _read_state(Path(folder), "optuna-dashboard")
-        return cls(folder, state["storage_url"], port=state["port"])
+        server = cls(folder, state["storage_url"], port=state["port"])
+        server.owned = False
+        return server
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
         # run_server rather than the CLI so that the storage URL (with its password) stays off the command line

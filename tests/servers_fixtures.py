@@ -60,11 +60,9 @@ def pg() -> Iterator[Postgres]:
     if shared is not None:
         server = Postgres.attach(shared)
         server.start()
-        server.detach()
         yield server
-        if not server.running:  # leave CI's server as we found it
+        if not server.running:  # leave CI's server as we found it (attached: it outlives pytest)
             server.start()
-            server.detach()
         return
     try:
         find_postgres_bindir()
@@ -109,11 +107,9 @@ def mlflow_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     if shared is not None:
         server = MlflowServer.attach(shared)
         server.start()
-        server.detach()
         yield server
         if not server.running:
             server.start()
-            server.detach()
         return
     if os.environ.get("IRNN_SEARCH_TEST_MLFLOW_URI"):
         yield RemoteMlflow(os.environ["IRNN_SEARCH_TEST_MLFLOW_URI"])

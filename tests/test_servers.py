@@ -99,6 +99,10 @@ def test_another_process_attaches_to_a_server_by_its_folder(own_pg: Postgres) ->
     assert (other.port, other.password, other.pid) == (own_pg.port, own_pg.password, own_pg.pid)
     other.stop()
     assert not own_pg.running
+    other.start()  # started here, but it is not ours: no finalizer stops it when this process exits
+    assert own_pg.running and other._finalizer is None
+    own_pg.stop()  # the owner stops it, though another process started it again
+    assert not other.running
 
 
 @pytest.mark.postgres

@@ -109,7 +109,8 @@ class PackedOptimizer:
                 for key, value in _hyper(group.kind, pg).items():
                     hyper.setdefault(key, []).append(value)
                 st = opt.state.get(p, {})
-                steps.append(float(st["step"]) if "step" in st else 0.0)
+                # SGD keeps no step count: a momentum buffer means "stepped before" (1 will do).
+                steps.append(float(st["step"]) if "step" in st else float(bool(st)))
                 for key in _buffers(group.kind):
                     buf = st.get(key)
                     buffers.setdefault(key, []).append(

@@ -1,0 +1,181 @@
+"""Members leave (diverged, stopped, pruned, completed), join (refill), checkpoint and resume
+across packed and alone, without disturbing one another."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from irnn_search.packed import Member, PackedTrainer, PackError, packable, train_packed, why_not_packable
+from irnn_search.train import train
+from tests.packed._trials import Spec, assert_same_history, assert_same_params
+
+STEADY = Spec("irnn", {"identity_scale": 0.5}, {"optimizer": "adam", "lr": 2e-3})
+OTHER = Spec("irnn", {}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "clip": None}, seed=2)
+# SGD at lr 1e4 without clipping: the loss explodes within a few steps.
+WILD = Spec("irnn", {"identity_scale": 1.0}, {"optimizer": "sgd", "lr": 1e4, "clip": None}, seed=1)
+
+
+class Pruned(Exception):
+    """Stands for optuna.TrialPruned: raised by one member's report hook."""
+
+
+def _by_member(results: list) -> dict[int, object]:
+    return {id(r.member): r for r in results}
+
+
+def test_a_diverging_member_leaves_with_train_s_reason_and_the_others_are_undisturbed() -> None:
+    members = [STEADY.member(), WILD.member(), OTHER.member()]
+    res = _by_member(train_packed(members))
+    wild_model, wild_alone = WILD.alone()
+    wild = res[id(members[1])].result  # type: ignore[attr-defined]
+    assert wild_alone.outcome == "diverged"
+    assert (wild.outcome, wild.reason, wild.step) == (wild_alone.outcome, wild_alone.reason, wild_alone.step)
+    assert_same_params(members[1].model, wild_model)  # the last finite parameters, as alone
+    for member, spec in ((members[0], STEADY), (members[2], OTHER)):
+        model, alone = spec.alone()
+        assert res[id(member)].result.outcome == "completed"  # type: ignore[attr-defined]
+        assert_same_history(res[id(member)].result.history, alone.history)  # type: ignore[attr-defined]
+        assert_same_params(member.model, model)
+
+
+def test_report_hook_stop_and_exception_end_only_their_member() -> None:
+    seen: list[tuple[int, float]] = []
+
+    def stop_at_16(step: int, metrics: dict[str, float]) -> bool:
+        return step >= 16
+
+    def prune_at_8(step: int, metrics: dict[str, float]) -> bool:
+        seen.append((step, metrics["val_mse"]))
+        raise Pruned(f"pruned at {step}")
+
+    members = [STEADY.member(report=stop_at_16), OTHER.member(report=prune_at_8), STEADY.member(config={"seed": 5})]
+    res = _by_member(train_packed(members))
+    stopped, pruned, full = (res[id(m)] for m in members)
+    assert (stopped.result.outcome, stopped.result.step) == ("stopped", 16)  # type: ignore[attr-defined]
+    assert stopped.result.reason == "stopped by the report hook at step 16"  # type: ignore[attr-defined]
+    assert isinstance(pruned.error, Pruned) and pruned.result.step == 8  # type: ignore[attr-defined]
+    assert seen and seen[0][0] == 8
+    assert full.result.outcome == "completed" and full.error is None  # type: ignore[attr-defined]
+    model, alone = STEADY.alone(seed=5)
+    assert_same_history(full.result.history, alone.history)  # type: ignore[attr-defined]
+    assert_same_params(members[2].model, model)
+
+
+def test_refill_fills_a_freed_slot_and_the_late_member_trains_from_its_own_step_zero() -> None:
+    short = STEADY.member(config={"steps": 8})
+    late_spec = Spec("irnn", {"identity_scale": 0.2}, {"optimizer": "rmsprop", "lr": 1e-3}, seed=4)
+    queue = [late_spec.member()]
+    long = OTHER.member()
+    order: list[str] = []
+    results = train_packed(
+        [short, long], refill=lambda: queue.pop() if queue else None, on_result=lambda r: order.append(r.member.name)
+    )
+    assert len(results) == 3 and not queue
+    assert order[0] == short.name  # left first, and the late member took its slot
+    res = _by_member(results)
+    for member, spec in ((long, OTHER), (results[-1].member, late_spec)):
+        model, alone = spec.alone()
+        assert_same_history(res[id(member)].result.history, alone.history)  # type: ignore[attr-defined]
+        assert_same_params(member.model, model)
+
+
+def test_mixed_hidden_sizes_and_families_train_in_separate_packs_each_as_alone() -> None:
+    specs = [
+        Spec("irnn", {}, {"optimizer": "adam", "lr": 1e-3}, hidden=8),
+        Spec("irnn", {}, {"optimizer": "adam", "lr": 1e-3}, hidden=12),
+        Spec("rnn", {}, {"optimizer": "sgd", "lr": 1e-2}, hidden=8),
+    ]
+    members = [s.member() for s in specs]
+    trainer = PackedTrainer()
+    for m in members:
+        assert trainer.add(m) is None
+    assert len(trainer.packs) == 3 and trainer.active == 3
+    results = []
+    while trainer.active:
+        results.extend(trainer.step())
+    res = _by_member(results)
+    for member, spec in zip(members, specs, strict=True):
+        model, alone = spec.alone()
+        assert_same_history(res[id(member)].result.history, alone.history)  # type: ignore[attr-defined]
+        assert_same_params(member.model, model)
+
+
+@pytest.mark.parametrize("family", ["irnn", "exprnn", "lstm"])
+def test_checkpointed_in_a_pack_resumes_alone_and_checkpointed_alone_resumes_in_a_pack(
+    family: str, tmp_path: Path
+) -> None:
+    spec = Spec(family, {}, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 1e-3})
+    model_full, full = spec.alone()
+
+    # pack (16 steps) -> alone (to 24)
+    first = spec.member(checkpoint_dir=tmp_path / "a", config={"steps": 16})
+    train_packed([first, OTHER.member()])
+    model_b, task_b, config_b = spec.build()
+    resumed = train(model_b, task_b, config_b, checkpoint_dir=tmp_path / "a")
+    assert resumed.resumed_from == 16 and resumed.step == 24
+    assert_same_history(resumed.history, full.history)
+    assert_same_params(model_b, model_full)
+
+    # alone (8 steps) -> pack (to 24)
+    spec.alone(checkpoint_dir=tmp_path / "b", steps=8)
+    second = spec.member(checkpoint_dir=tmp_path / "b")
+    (res,) = [r for r in train_packed([second, OTHER.member()]) if r.member is second]
+    assert res.result.resumed_from == 8 and res.result.step == 24
+    assert_same_history(res.result.history, full.history)
+    assert_same_params(second.model, model_full)
+
+
+def test_stop_event_checkpoints_every_member_and_each_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    stop = threading.Event()
+
+    def stop_at_8(step: int, metrics: dict[str, float]) -> None:
+        if step == 8:
+            stop.set()
+
+    specs = [STEADY, OTHER]
+    members = [s.member(checkpoint_dir=tmp_path / str(i)) for i, s in enumerate(specs)]
+    members[0].report = stop_at_8
+    results = train_packed(members, stop=stop)
+    assert [r.result.outcome for r in results] == ["interrupted", "interrupted"]
+    assert all(r.result.step == 8 and "resume from the checkpoint" in r.result.reason for r in results)
+    again = [s.member(checkpoint_dir=tmp_path / str(i)) for i, s in enumerate(specs)]
+    res = _by_member(train_packed(again))
+    for member, spec in zip(again, specs, strict=True):
+        model, alone = spec.alone()
+        assert res[id(member)].result.resumed_from == 8  # type: ignore[attr-defined]
+        assert_same_history(res[id(member)].result.history, alone.history)  # type: ignore[attr-defined]
+        assert_same_params(member.model, model)
+
+
+def test_a_foreign_checkpoint_fails_only_its_member(tmp_path: Path) -> None:
+    OTHER.alone(checkpoint_dir=tmp_path, steps=8)
+    intruder = STEADY.member(checkpoint_dir=tmp_path)
+    fine = OTHER.member()
+    res = _by_member(train_packed([intruder, fine]))
+    assert "different run" in str(res[id(intruder)].error)  # type: ignore[attr-defined]
+    assert res[id(fine)].result.outcome == "completed"  # type: ignore[attr-defined]
+
+
+def test_unpackable_families_and_token_tasks_are_named_with_a_reason() -> None:
+    assert packable("irnn") and packable("lstm") and packable("exprnn")
+    assert not packable("dtriv") and not packable("nnrnn")
+    dtriv = Spec("dtriv", {}, {})
+    member = dtriv.member()
+    why = why_not_packable(member.model, member.task)
+    assert why is not None and "dtriv" in why and "one trial at a time" in why
+    with pytest.raises(PackError, match="dtriv"):
+        train_packed([member])
+
+
+def test_the_train_time_of_a_pack_is_shared_among_its_members() -> None:
+    members = [STEADY.member(), OTHER.member()]
+    results = train_packed(members)
+    for r in results:
+        assert r.result.train_time_s > 0 and r.result.steps_per_s > 0
+        assert r.result.history[-1]["steps_per_s"] > 0
+    assert isinstance(members[0], Member)
+    assert torch.get_num_threads() == 1

@@ -544,7 +544,7 @@ def status_cmd() -> None:
             workers.add_column(col)
         for w in alive:
             current = (
-                f"study {w.current_study_id} trial {w.current_trial_number}" if w.current_study_id is not None else "–"
+                f"{w.current_study.study_name} trial {w.current_trial_number}" if w.current_study is not None else "idle"
             )
             workers.add_row(str(w.id), w.host, str(w.pid), w.device, current, w.heartbeat_at.strftime("%H:%M:%S"))
         _console().print(workers)

@@ -138,6 +138,8 @@ class WorkerRow(Base):
     current_trial_number: Mapped[int | None] = mapped_column(Integer)
     stopped_at: Mapped[datetime | None]
 
+    current_study: Mapped[StudyRow | None] = relationship(lazy="joined")
+
 
 class TrialRunRow(Base):
     """One execution of one Optuna trial: trial <-> MLflow run, where it ran, how long, how it ended.

@@ -436,6 +436,7 @@ def make_objective(
                 if tracker is not None and previous_run and not (ckpt / "last.pt").exists():
                     source = tracker.fetch_checkpoint(previous_run, f"checkpoints/seed-{seed}", ckpt)
                     if source is not None:
+                        trial.set_user_attr(f"checkpoint_from_run_seed{seed}", source)
                         log.info("trial %d seed %d: fetched the checkpoint of run %s", trial.number, seed, source)
                 result = train(
                     run.model,

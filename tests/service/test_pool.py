@@ -1,0 +1,312 @@
+"""The worker pool with real processes and real stores: ``irnn-search worker`` subprocesses against
+embedded SQLite stores and against a real PostgreSQL 15 + MLflow tracking server (``servers``
+variant, skipped when PostgreSQL is not installed).
+
+Each worker has its own state folder (``IRNN_SEARCH_HOME``), as on separate machines: a resumed
+trial gets its checkpoint from the MLflow artifact store, never from the dead worker's disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import text
+
+from irnn_search.db.session import make_engine
+from irnn_search.service.search import released
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+[study]
+description = "test: worker pool"
+task = "adding"
+task_options = {{ T = 20, val_size = 64, test_size = 64 }}
+steps = {steps}
+report_every = {report_every}
+batch_size = 8
+seeds = [0]
+pruner = {{ name = "none" }}
+budget = {{ trials = {trials} }}
+
+[models.irnn]
+hidden_size = 8
+optimizer = "adam"
+lr = {{ low = 1e-3, high = 1e-2, log = true }}
+clip = 1
+identity_scale = {{ low = 0.1, high = 1.0 }}
+"""
+
+HEARTBEAT_S, GRACE_S = 1, 3
+
+
+@dataclass
+class Stack:
+    root: Path
+    storage: str
+    db: str
+    mlflow: str
+    kind: str
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def env(self, home: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IRNN_SEARCH_")}
+        env.update(
+            IRNN_SEARCH_HOME=str(self.root / home),
+            IRNN_SEARCH_STORAGE=self.storage,
+            IRNN_SEARCH_DB=self.db,
+            IRNN_SEARCH_MLFLOW_URI=self.mlflow,
+            IRNN_SEARCH_HEARTBEAT_S=str(HEARTBEAT_S),
+            IRNN_SEARCH_GRACE_S=str(GRACE_S),
+            IRNN_SEARCH_THREADS="1",
+            MLFLOW_DISABLE_TELEMETRY="true",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def cli(self, *args: str, home: str = "admin", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "irnn_search", *args],
+            env=self.env(home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def worker(self, home: str, *args: str) -> subprocess.Popen[str]:
+        log = open(self.root / f"{home}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "irnn_search", "worker", *args],
+            env=self.env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def log(self, home: str) -> str:
+        return (self.root / f"{home}.log").read_text()
+
+    def launch(self, name: str, *, steps: int, report_every: int, trials: int) -> optuna.Study:
+        spec = self.root / f"{name}.toml"
+        spec.write_text(SPEC.format(steps=steps, report_every=report_every, trials=trials))
+        out = self.cli("launch", str(spec), "--no-run")
+        assert out.returncode == 0, out.stderr + out.stdout
+        study = optuna.load_study(study_name=f"{name}.irnn", storage=self.storage)
+        assert study.trials, "the published settings are queued first"
+        return study
+
+
+def _make_stack(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Stack:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if kind == "embedded":
+        s = Stack(
+            tmp_path,
+            storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+            db=f"sqlite:///{tmp_path / 'irnn.db'}",
+            mlflow=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            kind=kind,
+        )
+    else:
+        from tests.servers_fixtures import unique_name
+
+        pg = request.getfixturevalue("pg")
+        server = request.getfixturevalue("mlflow_server")
+        s = Stack(
+            tmp_path,
+            storage=pg.create_database(unique_name("optuna")),
+            db=pg.create_database(unique_name("irnn")),
+            mlflow=server.uri,
+            kind=kind,
+        )
+    up = s.cli("db", "upgrade")
+    assert up.returncode == 0, up.stderr
+
+    def cleanup() -> None:
+        for p in s.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+    request.addfinalizer(cleanup)
+    return s
+
+
+@pytest.fixture(params=["embedded", pytest.param("servers", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Stack:
+    return _make_stack(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Stack:
+    return _make_stack("servers", request, tmp_path)
+
+
+def _wait(what: str, ok: Callable[[], Any], timeout: float, procs: list[subprocess.Popen[str]] = ()) -> Any:  # type: ignore[assignment]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = ok()
+        if value:
+            return value
+        for p in procs:
+            assert p.poll() is None or p.returncode == 0, (
+                f"a worker exited with {p.returncode} while waiting for {what}"
+            )
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _trials(stack: Stack, name: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=f"{name}.irnn", storage=stack.storage).get_trials(deepcopy=False)
+
+
+def _checkpoint(stack: Stack, home: str) -> bool:
+    return any((stack.root / home / "checkpoints").glob("**/last.pt"))
+
+
+def _ledger_runs(stack: Stack) -> list[Any]:
+    engine = make_engine(stack.db)
+    try:
+        with engine.connect() as c:
+            return list(
+                c.execute(text("SELECT trial_number, outcome, resumed_from_step, mlflow_run_id FROM irnn_trial_runs"))
+            )
+    finally:
+        engine.dispose()
+
+
+def _runs(stack: Stack) -> list[Any]:
+    client = MlflowClient(stack.mlflow)
+    experiment = client.get_experiment_by_name("irnn-search/adding")
+    assert experiment is not None
+    return client.search_runs([experiment.experiment_id], "tags.`irnn.role` = 'trial'")
+
+
+def _wait_all(procs: list[subprocess.Popen[str]], timeout: float) -> None:
+    for p in procs:
+        assert p.wait(timeout) == 0, f"worker exited with {p.returncode}"
+
+
+def test_three_workers_share_one_study_and_meet_its_budget_with_no_trial_lost_or_duplicated(stack: Stack) -> None:
+    stack.launch("pool", steps=60, report_every=20, trials=7)
+    workers = [stack.worker(f"w{i}") for i in range(3)]
+    _wait_all(workers, 300)
+
+    trials = _trials(stack, "pool")
+    counted = [t for t in trials if not released(t) and t.user_attrs.get("outcome") != "surplus"]
+    assert len(counted) == 7, [(t.number, t.state, t.user_attrs.get("outcome")) for t in trials]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in counted)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # every worker did some of the work, and no trial ran twice
+    ledger = _ledger_runs(stack)
+    numbers = [row[0] for row in ledger]
+    assert len(numbers) == len(set(numbers)) == 7
+    assert {row[1] for row in ledger} <= {"complete", "pruned", "diverged"}
+    runs = _runs(stack)
+    assert len(runs) == 7 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.info.run_id for r in runs} == {row[3] for row in ledger}
+    for i in range(3):
+        log = stack.log(f"w{i}")
+        assert "worker " in log and "on cpu" in log and "Traceback" not in log
+
+
+def test_a_killed_workers_trial_is_requeued_by_a_live_worker_and_resumed_from_its_checkpoint(stack: Stack) -> None:
+    stack.launch("kill", steps=3000, report_every=100, trials=2)
+    victim = stack.worker("victim")
+    _wait("the victim's first checkpoint", lambda: _checkpoint(stack, "victim"), 120, [victim])
+    survivor = stack.worker("survivor")
+    _wait(
+        "the survivor to start a trial",
+        lambda: sum(t.state == TrialState.RUNNING for t in _trials(stack, "kill")) == 2,
+        120,
+        [survivor],
+    )
+    time.sleep(1.5)  # a few more reports: the checkpoint in the artifact store is past step 100
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    killed_at = time.monotonic()
+
+    # The survivor is busy with its own trial; its janitor re-queues the lost one anyway.
+    def requeued() -> FrozenTrial | None:
+        trials = _trials(stack, "kill")
+        retry = [t for t in trials if "retry_of" in t.user_attrs]
+        return retry[0] if retry else None
+
+    retry = _wait("the lost trial to be re-queued", requeued, GRACE_S + 2 * HEARTBEAT_S + 15, [survivor])
+    assert time.monotonic() - killed_at < GRACE_S + 2 * HEARTBEAT_S + 15
+    lost_number = retry.user_attrs["retry_of"]
+    assert "lost" in retry.user_attrs["retry_reason"]
+    assert any(t.state == TrialState.RUNNING and t.number != retry.number for t in _trials(stack, "kill")), (
+        "the survivor was still in its own trial when the lost one was re-queued"
+    )
+
+    _wait_all([survivor], 300)
+    trials = {t.number: t for t in _trials(stack, "kill")}
+    lost, again = trials[lost_number], trials[retry.number]
+    assert lost.state == TrialState.FAIL and again.state == TrialState.COMPLETE
+    assert again.params == lost.params and again.user_attrs["lineage"] == lost.user_attrs["lineage"]
+    resumed_at = again.user_attrs["resumed_at_step_seed0"]
+    assert resumed_at >= 100 and resumed_at % 100 == 0, "the step count continued rather than restarted"
+    assert not [t for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+    ledger = {row[0]: row for row in _ledger_runs(stack)}
+    assert ledger[lost_number][1] == "lost"
+    assert ledger[again.number][1] == "complete" and ledger[again.number][2] == resumed_at
+    runs = {r.info.run_id: r for r in _runs(stack)}
+    assert all(r.info.status != "RUNNING" for r in runs.values())
+    lost_run, again_run = runs[ledger[lost_number][3]], runs[ledger[again.number][3]]
+    assert lost_run.info.status == "KILLED" and lost_run.data.tags["irnn.outcome"] == "lost"
+    assert again_run.data.tags["irnn.resumed_from"] == lost_run.info.run_id
+    # the survivor's disk never had the victim's checkpoint: it came from the artifact store
+    assert again.user_attrs["checkpoint_from_run_seed0"] == lost_run.info.run_id
+    assert again_run.info.status == "FINISHED"
+
+
+def test_sigterm_checkpoints_and_releases_the_trial_and_the_worker_exits_0(stack: Stack) -> None:
+    stack.launch("term", steps=3000, report_every=100, trials=1)
+    worker = stack.worker("w")
+    _wait("a checkpoint", lambda: _checkpoint(stack, "w"), 120, [worker])
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert time.monotonic() - sent < 30
+    trials = _trials(stack, "term")
+    stopped = [t for t in trials if t.user_attrs.get("outcome") == "interrupted"]
+    assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
+    retries = [t for t in trials if t.state == TrialState.WAITING and "retry_of" in t.user_attrs]
+    assert len(retries) == 1 and retries[0].user_attrs["retry_of"] == stopped[0].number
+    runs = _runs(stack)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    artifacts = MlflowClient(stack.mlflow).list_artifacts(runs[0].info.run_id, "checkpoints/seed-0")
+    assert [Path(a.path).name for a in artifacts] == ["last.pt"]
+    assert "stopping after the current step" in stack.log("w")
+
+
+@pytest.mark.postgres
+def test_a_postgresql_restart_mid_study_is_survived(servers: Stack, pg: Any) -> None:
+    servers.launch("restart", steps=1500, report_every=100, trials=2)
+    worker = servers.worker("w")
+    _wait("a checkpoint", lambda: _checkpoint(servers, "w"), 120, [worker])
+    pg.restart()
+    time.sleep(1.0)
+    pg.restart()
+    _wait_all([worker], 300)
+    trials = _trials(servers, "restart")
+    assert [t.state for t in trials if not released(t)].count(TrialState.COMPLETE) == 2
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    log = servers.log("w")
+    assert "Traceback" not in log
+    assert "unreachable" in log and "reachable again" in log, "the outage was noticed and ridden out"

@@ -24,9 +24,10 @@ For tests, benchmarks, CI, and for trying the shared (server) mode on one machin
 Every server keeps its state in its own folder (``server.json``, a pidfile, a log), so another
 process can ``attach`` to it and stop or restart it (``down`` does). Servers created here are
 stopped by a finalizer when this process exits, unless ``detach()`` was called (``up`` does, so
-the servers outlive it); an attached server is never stopped by a finalizer, even if restarted here. Passwords go into URLs but never into our messages: URLs are
-masked with :func:`irnn_search.masking.mask_secrets`, and passwords and storage URLs reach the
-server processes through their environment, never their command lines.
+the servers outlive it); an attached server is never stopped by a finalizer, even if restarted
+here. Passwords go into URLs but never into our messages: URLs are masked with
+:func:`irnn_search.masking.mask_secrets`, and passwords and storage URLs reach the server
+processes through their environment, never their command lines.
 
 This module imports only the standard library (``psycopg`` is imported when a database is created).
 """

@@ -43,7 +43,9 @@ def _project(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
     K, T, B, I = x.shape
     flat = x.reshape(K, T * B, I)
     proj = torch.bmm(flat, w.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, w.mT)
-    return proj.view(K, T, B, -1).transpose(0, 1)
+    # Time-major and contiguous once, so every step's slice is a dense [K, B, H] block (a strided
+    # slice costs a copy per step in forward and backward).
+    return proj.view(K, T, B, -1).transpose(0, 1).contiguous()
 
 
 def _loop(proj: Tensor, h: Tensor, w_rec: Tensor, act: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,7 @@ it). Anything else (weight decay, Nesterov, AMSGrad, ...) is refused with ``Pack
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -54,7 +55,14 @@ def optimizer_kind(opt: torch.optim.Optimizer) -> str:
 
 def _column(values: list[float], like: Tensor) -> Tensor:
     """Per-member scalars as a [K, 1, ...] float tensor broadcasting against ``like`` [K, ...]."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, *([1] * (like.dim() - 1)))
+    return _cached_column(tuple(values), like.dim(), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_column(values: tuple[float, ...], dim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # Hyperparameters repeat every step (only Adam's bias corrections change, and those settle):
+    # building them once saves a host-to-device copy per parameter and step.
+    return torch.tensor(values, dtype=dtype, device=device).view(-1, *([1] * (dim - 1)))
 
 
 @dataclass

@@ -1,0 +1,204 @@
+"""Packed trials against one trial at a time: model-steps/s, side by side in one run.
+
+For each shape (adding T=150, batch 16, hidden 100; the sMNIST shape T=784, batch 128, hidden
+128: the studies' batch sizes) and each K, three ways to train K trials of one family (members
+differ in lr, as a study's trials do), each step a forward pass, a backward pass, per-member
+clipping and an Adam/SGD/RMSprop update:
+
+- ``packed``      one process, ``--threads`` threads: ``PackedTrainer`` with K members
+- ``sequential``  one process, ``--threads`` threads: ``train()`` on one trial after another
+                  (the rate of K trials in a row is one trial's rate; ``min(K, 2)`` are timed)
+- ``pool``        ``min(K, --workers)`` separate one-trial processes with one thread each, started
+                  together (what a pool of single-trial workers does on this device); more
+                  processes than cores only oversubscribe, so K beyond ``--workers`` adds nothing
+
+It prints model-steps/s (one trial advanced by one optimizer step) and the ratios. ``--mixed``
+also times the two ways to pack differing hidden sizes: bucketing (one pack per size, stepped in
+turn: what ``PackedTrainer`` does) against one pack at the largest size (the cost padding would
+have before any masking).
+
+    python benchmarks/packed_speed.py [--quick] [--device cuda] [--steps 20] [--K 1,4,16,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from irnn_search.models import build_model
+from irnn_search.packed import Member, PackedTrainer
+from irnn_search.tasks import build_task
+from irnn_search.train import TrainConfig, seed_everything, train
+
+# RMSprop's first step moves every recurrent weight by ~10·lr, which at T=784 blows an identity
+# IRNN up within two steps; the timed window must keep all K members, so Adam and SGD alternate.
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    T: int
+    batch: int
+    hidden: int
+
+
+SHAPES = {
+    "adding": Shape("adding T=150", 150, 16, 100),
+    "smnist": Shape("sMNIST shape T=784", 784, 128, 128),
+}
+
+
+def _member(shape: Shape, family: str, i: int, steps: int, device: str, hidden: int | None = None) -> Member:
+    # The adding task at length T stands for either shape: input size 2 vs sMNIST's 1 changes
+    # nothing measurable, and it needs no dataset on the machine.
+    task = build_task("adding", {"T": shape.T, "val_size": 16}, seed=i, batch_size=shape.batch)
+    seed_everything(i)
+    model = build_model(family, {"hidden_size": hidden or shape.hidden}, input_size=2, output_size=1)
+    config = TrainConfig(
+        steps=steps,
+        optimizer=OPTIMIZERS[i % 2],
+        lr=1e-5 * (1 + i % 7),
+        clip=1.0 if i % 2 else 10.0,  # clipped, so no member diverges inside the timed window
+        eval_every=10**9,  # no evaluation inside the timed window
+        seed=i,
+        device=device,
+    )
+    return Member(model, task, config)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def packed_rate(shape: Shape, family: str, K: int, steps: int, device: str, hiddens: list[int] | None = None) -> float:
+    trainer = PackedTrainer()
+    for i in range(K):
+        trainer.add(_member(shape, family, i, steps + 2, device, hiddens[i] if hiddens else None))
+    trainer.step()  # warm-up (allocations, first-call dispatch)
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        trainer.step()
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    if trainer.active != K:
+        raise RuntimeError(f"{K - trainer.active} of {K} members left during the timed steps (diverged?)")
+    return K * steps / elapsed
+
+
+def sequential_rate(shape: Shape, family: str, K: int, steps: int, device: str) -> float:
+    rates = []
+    for i in range(min(K, 2)):
+        m = _member(shape, family, i, steps, device)
+        rates.append(train(m.model, m.task, m.config).steps_per_s)
+    return statistics.mean(rates)
+
+
+def pool_rate(shape: Shape, family: str, K: int, steps: int, device: str, workers: int) -> float:
+    n = min(K, workers)
+    cmd = [sys.executable, __file__, "--worker", shape.name, "--family", family, "--steps", str(steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--seed", str(i), "--device", device],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(n)
+    ]
+    for p in procs:  # every process built and warmed up before any starts its timed steps
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    # Each process reports train()'s own steps/s (steps only, no start-up or exit); they run
+    # at the same time, so the pool's throughput is their sum.
+    rates = []
+    for p in procs:
+        out, _ = p.communicate()
+        rates.append(float(out.strip().splitlines()[-1]))
+    return sum(rates)
+
+
+def worker(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    shape = next(s for s in SHAPES.values() if s.name == args.worker)
+    m = _member(shape, args.family, args.seed, args.steps, args.device)
+    train(m.model, m.task, TrainConfig(**{**m.config.__dict__, "steps": 2}))  # warm-up
+    print("ready", flush=True)
+    sys.stdin.readline()
+    print(train(m.model, m.task, m.config).steps_per_s, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="irnn")
+    parser.add_argument("--shapes", default="adding,smnist")
+    parser.add_argument("--K", default="1,4,16,64", help="pack sizes for the adding shape")
+    parser.add_argument("--K-long", default="1,4,16", help="pack sizes for the T=784 shape")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps at T=150 (T=784: a fifth, at least 2)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of the packed and sequential runs")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="one-trial processes in the pool")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mixed", action="store_true", help="also time bucketing vs one padded pack")
+    parser.add_argument("--quick", action="store_true", help="K 1,4,16 and few steps")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    if args.worker:
+        worker(args)
+        return
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.K, args.K_long, args.steps = "1,4,16", "1,4", min(args.steps, 6)
+
+    print(
+        f"{args.family}, fwd+bwd+update, device {args.device}, packed/sequential on {args.threads} thread(s), "
+        f"pool of up to {args.workers} one-thread processes; torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print("| shape | K | packed model-steps/s | sequential | pool | packed / sequential | packed / pool |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for key in args.shapes.split(","):
+        shape = SHAPES[key]
+        ks = args.K if shape.T <= 150 else args.K_long
+        steps = args.steps if shape.T <= 150 else max(2, args.steps // 5)
+        for K in (int(k) for k in ks.split(",")):
+            packed = packed_rate(shape, args.family, K, steps, args.device)
+            seq = sequential_rate(shape, args.family, K, steps, args.device)
+            pool = pool_rate(shape, args.family, K, steps, args.device, args.workers)
+            print(
+                f"| {shape.name}, batch {shape.batch}, hidden {shape.hidden} | {K} | {packed:.1f} | {seq:.1f} | "
+                f"{pool:.1f} | {packed / seq:.2f}x | {packed / pool:.2f}x |",
+                flush=True,
+            )
+    if args.mixed:
+        shape = SHAPES["adding"]
+        K = 16
+        hiddens = [64 if i % 2 else 128 for i in range(K)]
+        bucketed = packed_rate(shape, args.family, K, args.steps, args.device, hiddens)
+        padded = packed_rate(shape, args.family, K, args.steps, args.device, [128] * K)
+        print()
+        print(f"Mixed hidden sizes, {shape.name}, K={K} (half 64, half 128):")
+        print("| layout | model-steps/s |")
+        print("|---|---:|")
+        print(f"| bucketed: a pack of 8 at 64 and a pack of 8 at 128 | {bucketed:.1f} |")
+        print(f"| padded: one pack of 16 at 128 (before masking costs) | {padded:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@ from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler, build_train_config, suggest
 from irnn_search.search.spec import ModelSpec, StudySpec
 from irnn_search.service.single import prepare_run
-from irnn_search.service.storage import GRACE_S, HEARTBEAT_S, RETRY_S, StaleCallback, open_storage
+from irnn_search.service.storage import GRACE_S, HEARTBEAT_S, RETRY_S, StaleCallback, launch_lock, open_storage
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger
@@ -70,9 +70,17 @@ def open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None = No
     With a ``tracker``, each study gets its MLflow parent run (one experiment per task); the ids
     are stored on the study so every worker logs its trials under the same parent.
 
+    Launches of one spec are serialized (``launch_lock``), so two at the same instant enqueue
+    the published settings once.
+
     Raises:
         SearchError: a study of that name was launched with a different spec (its hash differs).
     """
+    with launch_lock(storage_url, spec.name):
+        return _open_studies(spec, storage_url, tracker)
+
+
+def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None) -> dict[str, optuna.Study]:
     storage = open_storage(storage_url, heartbeat_s=None)
     studies = {}
     for key, model in spec.models.items():

@@ -19,11 +19,14 @@ SQLite (the embedded default) is local and has no restarts: it gets no retries a
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -163,3 +166,59 @@ def open_storage(
     if url.startswith("postgresql") and "connect_timeout" not in url:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     return ResilientRDBStorage(url, retry_s=retry_s, engine_kwargs=engine_kwargs, **beat)
+
+
+@contextlib.contextmanager
+def launch_lock(url: str, key: str, *, timeout_s: float = 120.0) -> Iterator[None]:
+    """Serialize launches of ``key`` on one Optuna storage, across processes and machines.
+
+    Two ``irnn-search launch`` of the same spec at the same instant would otherwise both enqueue
+    the published settings (Optuna's ``skip_if_exists`` is a read, then a write). PostgreSQL: a
+    session-level advisory lock on the storage's server; SQLite: an exclusive ``flock`` on a file
+    beside the database. Other backends are not locked.
+    """
+    if url.startswith("sqlite"):
+        import fcntl
+
+        from sqlalchemy.engine import make_url
+
+        database = make_url(url).database
+        if not database or database == ":memory:":
+            yield
+            return
+        path = Path(database).with_name(Path(database).name + ".launch.lock")
+        with open(path, "a") as handle:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"another launch of {key!r} has held {path} for {timeout_s:.0f} s") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    lock_id = int.from_bytes(hashlib.sha256(f"irnn-search launch {key}".encode()).digest()[:8], "big", signed=True)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            wait = {"ms": f"{int(timeout_s * 1000)}"}
+            connection.execute(text("SELECT set_config('lock_timeout', :ms, false)"), wait)
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+                connection.commit()
+    finally:
+        engine.dispose()

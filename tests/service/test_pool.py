@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,11 @@ class Stack:
     mlflow: str
     kind: str
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    # servers are shared by the whole session: every study name is unique to its test
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def study(self, name: str) -> str:
+        return f"{name}-{self.tag}.irnn"
 
     def env(self, home: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IRNN_SEARCH_")}
@@ -101,11 +107,11 @@ class Stack:
         return (self.root / f"{home}.log").read_text()
 
     def launch(self, name: str, *, steps: int, report_every: int, trials: int) -> optuna.Study:
-        spec = self.root / f"{name}.toml"
+        spec = self.root / f"{name}-{self.tag}.toml"
         spec.write_text(SPEC.format(steps=steps, report_every=report_every, trials=trials))
         out = self.cli("launch", str(spec), "--no-run")
         assert out.returncode == 0, out.stderr + out.stdout
-        study = optuna.load_study(study_name=f"{name}.irnn", storage=self.storage)
+        study = optuna.load_study(study_name=self.study(name), storage=self.storage)
         assert study.trials, "the published settings are queued first"
         return study
 
@@ -170,7 +176,7 @@ def _wait(what: str, ok: Callable[[], Any], timeout: float, procs: list[subproce
 
 
 def _trials(stack: Stack, name: str) -> list[FrozenTrial]:
-    return optuna.load_study(study_name=f"{name}.irnn", storage=stack.storage).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=stack.study(name), storage=stack.storage).get_trials(deepcopy=False)
 
 
 def _checkpoint(stack: Stack, home: str) -> bool:
@@ -188,11 +194,12 @@ def _ledger_runs(stack: Stack) -> list[Any]:
         engine.dispose()
 
 
-def _runs(stack: Stack) -> list[Any]:
+def _runs(stack: Stack, name: str) -> list[Any]:
     client = MlflowClient(stack.mlflow)
     experiment = client.get_experiment_by_name("irnn-search/adding")
     assert experiment is not None
-    return client.search_runs([experiment.experiment_id], "tags.`irnn.role` = 'trial'")
+    query = f"tags.`irnn.role` = 'trial' and tags.`irnn.study` = '{stack.study(name)}'"
+    return client.search_runs([experiment.experiment_id], query)
 
 
 def _wait_all(procs: list[subprocess.Popen[str]], timeout: float) -> None:
@@ -215,7 +222,7 @@ def test_three_workers_share_one_study_and_meet_its_budget_with_no_trial_lost_or
     numbers = [row[0] for row in ledger]
     assert len(numbers) == len(set(numbers)) == 7
     assert {row[1] for row in ledger} <= {"complete", "pruned", "diverged"}
-    runs = _runs(stack)
+    runs = _runs(stack, "pool")
     assert len(runs) == 7 and all(r.info.status == "FINISHED" for r in runs)
     assert {r.info.run_id for r in runs} == {row[3] for row in ledger}
     for i in range(3):
@@ -265,7 +272,7 @@ def test_a_killed_workers_trial_is_requeued_by_a_live_worker_and_resumed_from_it
     ledger = {row[0]: row for row in _ledger_runs(stack)}
     assert ledger[lost_number][1] == "lost"
     assert ledger[again.number][1] == "complete" and ledger[again.number][2] == resumed_at
-    runs = {r.info.run_id: r for r in _runs(stack)}
+    runs = {r.info.run_id: r for r in _runs(stack, "kill")}
     assert all(r.info.status != "RUNNING" for r in runs.values())
     lost_run, again_run = runs[ledger[lost_number][3]], runs[ledger[again.number][3]]
     assert lost_run.info.status == "KILLED" and lost_run.data.tags["irnn.outcome"] == "lost"
@@ -288,7 +295,7 @@ def test_sigterm_checkpoints_and_releases_the_trial_and_the_worker_exits_0(stack
     assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL
     retries = [t for t in trials if t.state == TrialState.WAITING and "retry_of" in t.user_attrs]
     assert len(retries) == 1 and retries[0].user_attrs["retry_of"] == stopped[0].number
-    runs = _runs(stack)
+    runs = _runs(stack, "term")
     assert [r.info.status for r in runs] == ["KILLED"]
     artifacts = MlflowClient(stack.mlflow).list_artifacts(runs[0].info.run_id, "checkpoints/seed-0")
     assert [Path(a.path).name for a in artifacts] == ["last.pt"]
@@ -310,3 +317,49 @@ def test_a_postgresql_restart_mid_study_is_survived(servers: Stack, pg: Any) -> 
     log = servers.log("w")
     assert "Traceback" not in log
     assert "unreachable" in log and "reachable again" in log, "the outage was noticed and ridden out"
+
+
+@pytest.mark.postgres
+def test_an_mlflow_outage_mid_trial_is_buffered_and_sent_when_the_server_returns(
+    servers: Stack, mlflow_server: Any
+) -> None:
+    servers.launch("outage", steps=8000, report_every=200, trials=1)
+    worker = servers.worker("w")
+    _wait("a checkpoint", lambda: _checkpoint(servers, "w"), 120, [worker])
+    mlflow_server.stop()
+    try:
+        time.sleep(3.0)  # reports and checkpoint uploads while MLflow is down
+    finally:
+        mlflow_server.start()
+    _wait_all([worker], 300)
+    log = servers.log("w")
+    assert "unreachable" in log and "reachable again" in log
+    [trial] = [t for t in _trials(servers, "outage") if t.state == TrialState.COMPLETE]
+    client = MlflowClient(servers.mlflow)
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_mse")]
+    assert steps == list(range(200, 8001, 200)), "no report was lost during the outage"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "problem", ["wrong password", "unreachable host", "no such database"], ids=["password", "host", "database"]
+)
+def test_a_bad_database_url_gives_the_worker_one_clear_line(servers: Stack, problem: str) -> None:
+    good = servers.storage
+    if problem == "wrong password":
+        url = good.replace("@", "x@", 1).replace("://irnn:", "://irnn:", 1)
+        secret = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    elif problem == "unreachable host":
+        url, secret = "postgresql+psycopg://irnn:hunter2@127.0.0.1:1/optuna", "hunter2"
+    else:
+        url = good.rsplit("/", 1)[0] + "/no_such_db"
+        secret = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    servers.storage = url
+    out = servers.cli("worker", timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    text_ = out.stdout + out.stderr
+    assert "Traceback" not in text_ and secret not in text_
+    assert "***" in text_ or "irnn" in text_
+    assert len([line for line in out.stderr.splitlines() if line.strip()]) <= 3, out.stderr

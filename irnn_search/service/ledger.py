@@ -125,7 +125,15 @@ class Ledger:
 
     # -- trial runs -----------------------------------------------------------------------------
     def start_trial(
-        self, *, study_name: str, trial: Any, worker_id: int | None, device: str, mlflow_run_id: str | None
+        self,
+        *,
+        study_name: str,
+        trial: Any,
+        worker_id: int | None,
+        device: str,
+        mlflow_run_id: str | None,
+        pack_id: str | None = None,
+        pack_size: int | None = None,
     ) -> int | None:
         def go() -> int:
             with session_scope(self.engine) as s:
@@ -137,6 +145,8 @@ class Ledger:
                     worker_id=worker_id,
                     device=device,
                     mlflow_run_id=mlflow_run_id,
+                    pack_id=pack_id,
+                    pack_size=pack_size,
                 )
 
         return self._quiet("start trial run", go)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,14 +36,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.search.literature import enqueue_published
-from irnn_search.search.space import build_pruner, build_sampler, build_train_config, suggest
+from irnn_search.search.space import build_pruner, build_sampler
 from irnn_search.search.spec import ModelSpec, StudySpec
-from irnn_search.service.single import prepare_run
+from irnn_search.service.attempt import Attempt, TrialInterrupted
 from irnn_search.service.storage import GRACE_S, HEARTBEAT_S, RETRY_S, StaleCallback, launch_lock, open_storage
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger
-from irnn_search.tracking import Tracker, TrackingError, worker_http_defaults
+from irnn_search.tracking import Tracker, worker_http_defaults
 from irnn_search.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -54,10 +53,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 class SearchError(RuntimeError):
     """The search cannot proceed (e.g. a study exists with another spec)."""
-
-
-class TrialInterrupted(Exception):
-    """The trial stopped at a step boundary and checkpointed; it is re-queued on the next start."""
 
 
 def study_name(spec_name: str, model: str) -> str:
@@ -315,11 +310,6 @@ def budget_left(study: optuna.Study, model: ModelSpec, u: Usage | None = None) -
 
 
 # -- the objective ------------------------------------------------------------------------------
-def _checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
-    lineage = trial.user_attrs.get("lineage", trial.number)
-    return root / study / f"trial-{lineage}" / f"seed-{seed}"
-
-
 def make_objective(
     spec: StudySpec,
     model_key: str,
@@ -336,7 +326,8 @@ def make_objective(
     """The Optuna objective of one model: suggest, train every seed, return the mean best value.
 
     Intermediate values (and pruning) follow the first seed. The value of one seed is its best
-    validation objective over training (checkpointed in ``best.pt``).
+    validation objective over training (checkpointed in ``best.pt``). The bookkeeping around the
+    training (MLflow run, our database, checkpoints in the artifact store) is an ``Attempt``.
     """
     model_spec = spec.model(model_key)
 
@@ -344,108 +335,22 @@ def make_objective(
         if _surplus(trial, model_spec):
             trial.set_user_attr("outcome", "surplus")
             raise optuna.TrialPruned("the trial budget was met by trials already in flight")
-        trial.set_user_attr("lineage", trial.user_attrs.get("lineage", trial.number))
-        run_id: str | None = None
-        ledger_id: int | None = None
-        last: TrainResult | None = None
-        value_out: float | None = None
-        started = time.perf_counter()
-        outcome, reason = "failed", ""
-        # An earlier attempt of this lineage (interrupted or lost): its run holds the checkpoint.
-        previous_run: str | None = trial.user_attrs.get("mlflow_run_id")
-        pending: list[tuple[int, dict[str, float]]] = []  # reports made while MLflow was unreachable
-        retry_at = 0.0
+        attempt = Attempt(
+            trial,
+            spec,
+            model_key,
+            device=device,
+            checkpoint_root=checkpoint_root,
+            tracker=tracker,
+            ledger=ledger,
+            worker_id=worker_id,
+        )
         try:
-            train_kwargs, model_options = suggest(trial, model_spec)
-            parent = trial.study.user_attrs.get("mlflow_parent_run_id")
-
-            def ensure_run() -> str | None:
-                """The trial's MLflow run, created now or, after an outage, as soon as MLflow answers."""
-                nonlocal run_id, retry_at
-                if run_id is not None or tracker is None or parent is None or time.monotonic() < retry_at:
-                    return run_id
-                try:
-                    run_id = tracker.trial_run(
-                        experiment_id=trial.study.user_attrs["mlflow_experiment_id"],
-                        parent_run_id=parent,
-                        study_name=trial.study.study_name,
-                        trial_number=trial.number,
-                        params={**train_kwargs, **model_options},
-                        tags={"irnn.source": str(trial.user_attrs.get("source", "sampler"))},
-                        resumed_from=previous_run,
-                    )
-                except TrackingError as exc:
-                    if retry_at == 0.0:
-                        log.warning(
-                            "trial %d of %s trains on without its MLflow run for now (%s); "
-                            "its metrics are kept and sent when MLflow answers",
-                            trial.number,
-                            trial.study.study_name,
-                            exc,
-                        )
-                    retry_at = time.monotonic() + tracker.retry_interval_s
-                    return None
-                trial.set_user_attr("mlflow_run_id", run_id)
-                trial.set_user_attr("mlflow_run_trial", trial.number)
-                for step, metrics in pending:
-                    tracker.log_metrics(run_id, step, metrics)
-                pending.clear()
-                return run_id
-
-            ensure_run()
-            if ledger is not None:
-                ledger_id = ledger.start_trial(
-                    study_name=trial.study.study_name,
-                    trial=trial,
-                    worker_id=worker_id,
-                    device=device,
-                    mlflow_run_id=run_id,
-                )
-                if worker_id is not None:
-                    ledger.beat(worker_id, trial.study.study_name, trial.number)
+            attempt.begin()
             if on_start is not None:
-                on_start(trial, {**train_kwargs, **model_options})
-            values = []
+                on_start(trial, attempt.params)
             for i, seed in enumerate(spec.seeds):
-                config = build_train_config(spec, train_kwargs, seed=seed, device=device)
-                run = prepare_run(
-                    task=spec.task,
-                    task_options=spec.task_options,
-                    model=model_spec.family,
-                    model_options=model_options,
-                    config=config,
-                    batch_size=spec.batch_size,
-                )
-
-                def report(step: int, metrics: dict[str, float], first: bool = i == 0, seed: int = seed) -> bool:
-                    if tracker is not None:
-                        named = metrics if first else {f"{k}_seed{seed}": v for k, v in metrics.items()}
-                        rid = ensure_run()
-                        if rid is not None:
-                            tracker.log_metrics(rid, step, named)
-                        else:
-                            pending.append((step, named))
-                    value = metrics.get(spec.objective, math.nan)
-                    if first and math.isfinite(value):
-                        trial.report(value, step)
-                        if trial.should_prune():
-                            trial.set_user_attr("outcome", "pruned")
-                            trial.set_user_attr("reason", f"pruned by {spec.pruner.name} at step {step}")
-                            raise optuna.TrialPruned(f"pruned at step {step}")
-                    return False
-
-                def on_checkpoint(path: Path, seed: int = seed) -> None:
-                    rid = ensure_run()
-                    if tracker is not None and rid is not None:
-                        tracker.log_checkpoint(rid, path, f"checkpoints/seed-{seed}")
-
-                ckpt = _checkpoint_dir(checkpoint_root, trial.study.study_name, trial, seed)
-                trial.set_user_attr("checkpoint_dir", str(ckpt.parent))
-                if tracker is not None and previous_run and not (ckpt / "last.pt").exists():
-                    source = tracker.fetch_checkpoint(previous_run, f"checkpoints/seed-{seed}", ckpt)
-                    if source is not None:
-                        trial.set_user_attr(f"checkpoint_from_run_seed{seed}", source)
-                        log.info("trial %d seed %d: fetched the checkpoint of run %s", trial.number, seed, source)
+                run, ckpt, report, on_checkpoint = attempt.prepare(i, seed)
                 result = train(
                     run.model,
                     run.task,
@@ -455,107 +360,23 @@ def make_objective(
                     checkpoint_dir=ckpt,
                     on_checkpoint=on_checkpoint,
                 )
-                last = result
-                if result.resumed_from is not None:
-                    trial.set_user_attr(f"resumed_at_step_seed{seed}", result.resumed_from)
                 if on_result is not None:
                     on_result(trial, result)
-                if tracker is not None and ensure_run() is not None and run_id is not None and i == 0:
-                    _log_trial_artifacts(tracker, run_id, spec, run, result, ckpt, train_kwargs, model_options)
-                trial.set_user_attr("steps_per_s", result.steps_per_s)
-                trial.set_user_attr("parameters", run.model.num_parameters())
-                if result.outcome == "diverged":
-                    trial.set_user_attr("outcome", "diverged")
-                    trial.set_user_attr("reason", result.reason)
-                    raise optuna.TrialPruned(result.reason)
-                if result.outcome == "interrupted":
-                    trial.set_user_attr("outcome", "interrupted")
-                    trial.set_user_attr("reason", result.reason)
-                    raise TrialInterrupted(result.reason)
-                value = result.best.get(spec.objective)
-                if value is None or not math.isfinite(value):
-                    trial.set_user_attr("outcome", "diverged")
-                    trial.set_user_attr("reason", f"no finite {spec.objective} was reached")
-                    raise optuna.TrialPruned(f"no finite {spec.objective}")
-                values.append(value)
-                trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
-            trial.set_user_attr("outcome", "complete")
-            outcome = "complete"
-            value_out = statistics.fmean(values)
-            return value_out
+                attempt.seed_done(i, seed, run, result, ckpt)
+            return attempt.complete()
         except optuna.TrialPruned as exc:
-            outcome, reason = trial.user_attrs.get("outcome", "pruned"), str(exc)
+            attempt.pruned(exc)
             raise
         except TrialInterrupted as exc:
-            outcome, reason = "interrupted", str(exc)
+            attempt.interrupted(exc)
             raise
         except Exception as exc:  # a trial's error fails that trial, never the worker
-            reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("outcome", "failed")
-            trial.set_user_attr("reason", reason)
+            attempt.failed(exc)
             raise
         finally:  # no MLflow run outlives its trial, whatever the outcome
-            if tracker is not None and run_id is not None:
-                tracker.end_run(run_id, outcome, reason or None)
-                if outcome == "interrupted":
-                    tracker.flush()  # the checkpoint is uploaded before another worker may take the trial
-            if ledger is not None:
-                ledger.finish_trial(
-                    ledger_id,
-                    outcome=outcome,
-                    reason=reason,
-                    value=value_out,
-                    wall_s=time.perf_counter() - started,
-                    result=last,
-                )
+            attempt.close()
 
     return objective
-
-
-def _log_trial_artifacts(
-    tracker: Tracker,
-    run_id: str,
-    spec: StudySpec,
-    run: Any,
-    result: TrainResult,
-    ckpt: Path,
-    train_kwargs: dict[str, Any],
-    model_options: dict[str, Any],
-) -> None:
-    """Resolved config (JSON), the learning curve (PNG) and the best checkpoint of a trial."""
-    import tempfile
-
-    from irnn_search.plots import learning_curve
-
-    config = {
-        "task": spec.task,
-        "task_options": spec.task_options,
-        "model": run.model.family,
-        "model_options": model_options,
-        "train": train_kwargs,
-        "steps": spec.steps,
-        "report_every": spec.report_every,
-        "batch_size": spec.batch_size,
-        "parameters": run.model.num_parameters(),
-        "outcome": result.outcome,
-        "reason": result.reason,
-        "best": result.best,
-        "steps_per_s": result.steps_per_s,
-    }
-    files = []
-    with tempfile.TemporaryDirectory() as tmp:
-        if result.history:
-            files.append(
-                learning_curve(
-                    result.history,
-                    metric=run.task.metric,
-                    baseline=run.task.baseline().get(run.task.metric),
-                    title=f"{run.model.family} on {spec.task}",
-                    path=Path(tmp) / "learning_curve.png",
-                )
-            )
-        best = ckpt / "best.pt"
-        tracker.log_artifacts(run_id, config=config, files=files, checkpoint=best if best.exists() else None)
 
 
 # -- workers ------------------------------------------------------------------------------------

@@ -1,0 +1,307 @@
+"""One attempt at one Optuna trial: what happens around its training, whoever trains it.
+
+The objective of a one-trial-at-a-time worker and the packed worker (``service.packing``) both use
+an ``Attempt``, so a trial is recorded the same way however it was trained:
+
+- ``begin``: the trial's lineage, its hyperparameters (``suggest``), its MLflow child run (linked
+  to the earlier attempt's run when it resumes one) and its row in our database;
+- ``prepare(i, seed)``: the run of one seed, its checkpoint folder (fetched from the artifact
+  store when this machine has none), and its report / checkpoint hooks (metrics to MLflow,
+  intermediate values and pruning to Optuna, ``last.pt`` to the artifact store);
+- ``seed_done``: the seed's result, raising ``optuna.TrialPruned`` (diverged) or
+  ``TrialInterrupted`` as the trial's outcome;
+- ``complete`` / ``pruned`` / ``interrupted`` / ``failed``, then ``close``: the MLflow run ends
+  with the status its outcome maps to and our database records the outcome. ``close`` runs
+  whatever happened, so no MLflow run outlives its attempt.
+
+If MLflow is unreachable when the attempt begins, training goes on; the run is created as soon as
+MLflow answers and the metrics reported meanwhile are sent then.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from irnn_search.search.space import build_train_config, suggest
+from irnn_search.search.spec import StudySpec
+from irnn_search.service.single import Run, prepare_run
+from irnn_search.tracking import Tracker, TrackingError
+from irnn_search.train import TrainResult
+
+if TYPE_CHECKING:
+    from irnn_search.service.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+class TrialInterrupted(Exception):
+    """The trial stopped at a step boundary and checkpointed; it is re-queued for any worker."""
+
+
+def checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
+    lineage = trial.user_attrs.get("lineage", trial.number)
+    return root / study / f"trial-{lineage}" / f"seed-{seed}"
+
+
+class Attempt:
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        spec: StudySpec,
+        model_key: str,
+        *,
+        device: str,
+        checkpoint_root: Path,
+        tracker: Tracker | None = None,
+        ledger: Ledger | None = None,
+        worker_id: int | None = None,
+        pack_id: str | None = None,
+        pack_size: int | None = None,
+    ) -> None:
+        self.trial = trial
+        self.spec = spec
+        self.model_spec = spec.model(model_key)
+        self.device = device
+        self.checkpoint_root = checkpoint_root
+        self.tracker = tracker
+        self.ledger = ledger
+        self.worker_id = worker_id
+        self.pack_id = pack_id
+        self.pack_size = pack_size
+        self.run_id: str | None = None
+        self.ledger_id: int | None = None
+        self.last: TrainResult | None = None
+        self.values: list[float] = []
+        self.value: float | None = None
+        self.outcome, self.reason = "failed", ""
+        self.started = time.perf_counter()
+        self.train_kwargs: dict[str, Any] = {}
+        self.model_options: dict[str, Any] = {}
+        # An earlier attempt of this lineage (interrupted or lost): its run holds the checkpoint.
+        self.previous_run: str | None = trial.user_attrs.get("mlflow_run_id")
+        self._pending: list[tuple[int, dict[str, float]]] = []  # reports made while MLflow was unreachable
+        self._retry_at = 0.0
+        self._parent: str | None = trial.study.user_attrs.get("mlflow_parent_run_id")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.train_kwargs, **self.model_options}
+
+    def begin(self) -> None:
+        trial = self.trial
+        trial.set_user_attr("lineage", trial.user_attrs.get("lineage", trial.number))
+        self.train_kwargs, self.model_options = suggest(trial, self.model_spec)
+        self.ensure_run()
+        if self.ledger is not None:
+            self.ledger_id = self.ledger.start_trial(
+                study_name=trial.study.study_name,
+                trial=trial,
+                worker_id=self.worker_id,
+                device=self.device,
+                mlflow_run_id=self.run_id,
+                pack_id=self.pack_id,
+                pack_size=self.pack_size,
+            )
+            if self.worker_id is not None:
+                self.ledger.beat(self.worker_id, trial.study.study_name, trial.number)
+
+    def ensure_run(self) -> str | None:
+        """The attempt's MLflow run, created now or, after an outage, as soon as MLflow answers."""
+        tracker, trial = self.tracker, self.trial
+        if self.run_id is not None or tracker is None or self._parent is None or time.monotonic() < self._retry_at:
+            return self.run_id
+        try:
+            self.run_id = tracker.trial_run(
+                experiment_id=trial.study.user_attrs["mlflow_experiment_id"],
+                parent_run_id=self._parent,
+                study_name=trial.study.study_name,
+                trial_number=trial.number,
+                params=self.params,
+                tags={
+                    "irnn.source": str(trial.user_attrs.get("source", "sampler")),
+                    **({"irnn.pack": self.pack_id, "irnn.pack_size": self.pack_size} if self.pack_id else {}),
+                },
+                resumed_from=self.previous_run,
+            )
+        except TrackingError as exc:
+            if self._retry_at == 0.0:
+                log.warning(
+                    "trial %d of %s trains on without its MLflow run for now (%s); "
+                    "its metrics are kept and sent when MLflow answers",
+                    trial.number,
+                    trial.study.study_name,
+                    exc,
+                )
+            self._retry_at = time.monotonic() + tracker.retry_interval_s
+            return None
+        trial.set_user_attr("mlflow_run_id", self.run_id)
+        trial.set_user_attr("mlflow_run_trial", trial.number)
+        for step, metrics in self._pending:
+            tracker.log_metrics(self.run_id, step, metrics)
+        self._pending.clear()
+        return self.run_id
+
+    # -- one seed -------------------------------------------------------------------------------
+    def prepare(
+        self, i: int, seed: int
+    ) -> tuple[Run, Path, Callable[[int, dict[str, float]], bool], Callable[[Path], None]]:
+        """The run of seed ``seed`` (the ``i``-th), its checkpoint folder, report and checkpoint hooks."""
+        spec, trial = self.spec, self.trial
+        config = build_train_config(spec, self.train_kwargs, seed=seed, device=self.device)
+        run = prepare_run(
+            task=spec.task,
+            task_options=spec.task_options,
+            model=self.model_spec.family,
+            model_options=self.model_options,
+            config=config,
+            batch_size=spec.batch_size,
+        )
+        first = i == 0
+
+        def report(step: int, metrics: dict[str, float]) -> bool:
+            if self.tracker is not None:
+                named = metrics if first else {f"{k}_seed{seed}": v for k, v in metrics.items()}
+                rid = self.ensure_run()
+                if rid is not None:
+                    self.tracker.log_metrics(rid, step, named)
+                else:
+                    self._pending.append((step, named))
+            value = metrics.get(spec.objective, math.nan)
+            if first and math.isfinite(value):
+                trial.report(value, step)
+                if trial.should_prune():
+                    trial.set_user_attr("outcome", "pruned")
+                    trial.set_user_attr("reason", f"pruned by {spec.pruner.name} at step {step}")
+                    raise optuna.TrialPruned(f"pruned at step {step}")
+            return False
+
+        def on_checkpoint(path: Path) -> None:
+            rid = self.ensure_run()
+            if self.tracker is not None and rid is not None:
+                self.tracker.log_checkpoint(rid, path, f"checkpoints/seed-{seed}")
+
+        ckpt = checkpoint_dir(self.checkpoint_root, trial.study.study_name, trial, seed)
+        trial.set_user_attr("checkpoint_dir", str(ckpt.parent))
+        if self.tracker is not None and self.previous_run and not (ckpt / "last.pt").exists():
+            source = self.tracker.fetch_checkpoint(self.previous_run, f"checkpoints/seed-{seed}", ckpt)
+            if source is not None:
+                trial.set_user_attr(f"checkpoint_from_run_seed{seed}", source)
+                log.info("trial %d seed %d: fetched the checkpoint of run %s", trial.number, seed, source)
+        return run, ckpt, report, on_checkpoint
+
+    def seed_done(self, i: int, seed: int, run: Run, result: TrainResult, ckpt: Path) -> None:
+        """Record one seed's result. Raises ``optuna.TrialPruned`` (diverged) or
+        ``TrialInterrupted`` when the trial ends here."""
+        trial, spec = self.trial, self.spec
+        self.last = result
+        if result.resumed_from is not None:
+            trial.set_user_attr(f"resumed_at_step_seed{seed}", result.resumed_from)
+        rid = self.ensure_run() if i == 0 else None
+        if self.tracker is not None and rid is not None:
+            log_trial_artifacts(self.tracker, rid, spec, run, result, ckpt, self.train_kwargs, self.model_options)
+        trial.set_user_attr("steps_per_s", result.steps_per_s)
+        trial.set_user_attr("parameters", run.model.num_parameters())
+        if result.outcome == "diverged":
+            trial.set_user_attr("outcome", "diverged")
+            trial.set_user_attr("reason", result.reason)
+            raise optuna.TrialPruned(result.reason)
+        if result.outcome == "interrupted":
+            trial.set_user_attr("outcome", "interrupted")
+            trial.set_user_attr("reason", result.reason)
+            raise TrialInterrupted(result.reason)
+        value = result.best.get(spec.objective)
+        if value is None or not math.isfinite(value):
+            trial.set_user_attr("outcome", "diverged")
+            trial.set_user_attr("reason", f"no finite {spec.objective} was reached")
+            raise optuna.TrialPruned(f"no finite {spec.objective}")
+        self.values.append(value)
+        trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
+
+    # -- how it ends ----------------------------------------------------------------------------
+    def complete(self) -> float:
+        self.trial.set_user_attr("outcome", "complete")
+        self.outcome = "complete"
+        self.value = statistics.fmean(self.values)
+        return self.value
+
+    def pruned(self, exc: BaseException) -> None:
+        self.outcome, self.reason = self.trial.user_attrs.get("outcome", "pruned"), str(exc)
+
+    def interrupted(self, exc: BaseException) -> None:
+        self.outcome, self.reason = "interrupted", str(exc)
+
+    def failed(self, exc: BaseException) -> None:
+        """A trial's error fails that trial, never the worker."""
+        self.reason = f"{type(exc).__name__}: {exc}"
+        self.outcome = "failed"
+        self.trial.set_user_attr("outcome", "failed")
+        self.trial.set_user_attr("reason", self.reason)
+
+    def close(self) -> None:
+        if self.tracker is not None and self.run_id is not None:
+            self.tracker.end_run(self.run_id, self.outcome, self.reason or None)
+            if self.outcome == "interrupted":
+                self.tracker.flush()  # the checkpoint is uploaded before another worker may take the trial
+        if self.ledger is not None:
+            self.ledger.finish_trial(
+                self.ledger_id,
+                outcome=self.outcome,
+                reason=self.reason,
+                value=self.value,
+                wall_s=time.perf_counter() - self.started,
+                result=self.last,
+            )
+
+
+def log_trial_artifacts(
+    tracker: Tracker,
+    run_id: str,
+    spec: StudySpec,
+    run: Any,
+    result: TrainResult,
+    ckpt: Path,
+    train_kwargs: dict[str, Any],
+    model_options: dict[str, Any],
+) -> None:
+    """Resolved config (JSON), the learning curve (PNG) and the best checkpoint of a trial."""
+    import tempfile
+
+    from irnn_search.plots import learning_curve
+
+    config = {
+        "task": spec.task,
+        "task_options": spec.task_options,
+        "model": run.model.family,
+        "model_options": model_options,
+        "train": train_kwargs,
+        "steps": spec.steps,
+        "report_every": spec.report_every,
+        "batch_size": spec.batch_size,
+        "parameters": run.model.num_parameters(),
+        "outcome": result.outcome,
+        "reason": result.reason,
+        "best": result.best,
+        "steps_per_s": result.steps_per_s,
+    }
+    files = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if result.history:
+            files.append(
+                learning_curve(
+                    result.history,
+                    metric=run.task.metric,
+                    baseline=run.task.baseline().get(run.task.metric),
+                    title=f"{run.model.family} on {spec.task}",
+                    path=Path(tmp) / "learning_curve.png",
+                )
+            )
+        best = ckpt / "best.pt"
+        tracker.log_artifacts(run_id, config=config, files=files, checkpoint=best if best.exists() else None)

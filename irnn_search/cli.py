@@ -397,6 +397,9 @@ def launch_cmd(
     studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
     report: Annotated[bool, typer.Option(help="print the report (and write its plots) at the end")] = True,
     track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
+    pack: Annotated[
+        int, typer.Option(help="train up to K trials of a study at once as one batched computation", min=1)
+    ] = 1,
 ) -> None:
     """Create or resume the studies of a spec (idempotent) and run them until their budgets are met."""
     import time
@@ -436,6 +439,7 @@ def launch_cmd(
         mlflow_artifact_root=settings.mlflow_artifact_root if tracker else None,
         db_url=settings.db_url,
         heartbeat=(settings.heartbeat_s, settings.grace_s),
+        pack=pack,
     )
     from rich.live import Live
 
@@ -543,9 +547,9 @@ def status_cmd() -> None:
         for col in ("id", "host", "pid", "device", "current trial", "last heartbeat"):
             workers.add_column(col)
         for w in alive:
-            current = (
-                f"{w.current_study.study_name} trial {w.current_trial_number}" if w.current_study is not None else "idle"
-            )
+            current = "idle"
+            if w.current_study is not None:
+                current = f"{w.current_study.study_name} trial {w.current_trial_number}"
             workers.add_row(str(w.id), w.host, str(w.pid), w.device, current, w.heartbeat_at.strftime("%H:%M:%S"))
         _console().print(workers)
     else:
@@ -558,6 +562,9 @@ def worker_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
     track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
+    pack: Annotated[
+        int, typer.Option(help="train up to K trials of a study at once as one batched computation", min=1)
+    ] = 1,
 ) -> None:
     """Pull and run trials from the studies on the configured storage until their budgets are met.
 
@@ -600,7 +607,8 @@ def worker_cmd(
     what = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
     err.print(
         f"worker {socket.gethostname()}:{os.getpid()} on [bold]{device}[/] ({what}, {torch.get_num_threads()} "
-        f"thread(s)); studies: {', '.join(studies) or 'none'}; heartbeat {settings.heartbeat_s} s, "
+        f"thread(s)){f', packs of up to {pack} trials' if pack > 1 else ''}; studies: {', '.join(studies) or 'none'}; "
+        f"heartbeat {settings.heartbeat_s} s, "
         f"lost after {settings.grace_s} s",
         highlight=False,
     )
@@ -635,6 +643,7 @@ def worker_cmd(
             tracker=tracker,
             ledger=ledger,
             janitor=janitor,
+            pack=pack,
         )
     finally:
         for s, handler in previous.items():

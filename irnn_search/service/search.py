@@ -454,8 +454,12 @@ def work(
     ledger: Ledger | None = None,
     janitor: Janitor | None = None,
     janitor_interval_s: float | None = None,
+    pack: int = 1,
 ) -> int:
     """Run trials until every study's budget is met or ``stop`` is set; return trials run here.
+
+    ``pack`` > 1 trains up to that many trials of one study at once as one batched computation
+    (``service.packing``); a study whose model cannot be packed runs one trial at a time.
 
     With a ``janitor`` (``open_for_work``) a thread fails and re-queues the trials of dead workers
     every ``janitor_interval_s`` (default: the storage's heartbeat interval).
@@ -475,7 +479,7 @@ def work(
         janitor.sweep(studies.values())
         janitor.run(studies.values(), done, interval)
     try:
-        ran = _loop(studies, specs, device, checkpoint_root, stop, on_trial, on_start, tracker, ledger, worker_id)
+        ran = _loop(studies, specs, device, checkpoint_root, stop, on_trial, on_start, tracker, ledger, worker_id, pack)
     finally:
         done.set()
         if ledger is not None:
@@ -496,8 +500,12 @@ def _loop(
     tracker: Tracker | None,
     ledger: Ledger | None,
     worker_id: int | None,
+    pack: int = 1,
 ) -> int:
+    from irnn_search.service.packing import pack_refusal, run_pack
+
     ran = 0
+    refused: dict[str, str | None] = {}
     while not stop.is_set():
         uses = {n: usage(s) for n, s in studies.items()}  # one read of each study's trials per pick
         open_ = [n for n, s in studies.items() if budget_left(s, specs[n].model(s.user_attrs["model"]), uses[n])]
@@ -506,6 +514,41 @@ def _loop(
         # The study with the fewest started trials goes next: models advance together.
         name = min(open_, key=lambda n: uses[n].finished + uses[n].running)
         study, spec = studies[name], specs[name]
+        if pack > 1 and name not in refused:
+            refused[name] = pack_refusal(spec, study.user_attrs["model"])
+            if refused[name] is not None:
+                log.warning("study %s trains one trial at a time: %s", name, refused[name])
+        if pack > 1 and refused[name] is None:
+            model = spec.model(study.user_attrs["model"])
+            # models advance together: a pack does not run ahead of the other open studies
+            least = min((uses[n].finished + uses[n].running for n in open_ if n != name), default=None)
+
+            def may_start(study: optuna.Study = study, model: ModelSpec = model, least: int | None = least) -> bool:
+                u = usage(study)
+                return budget_left(study, model, u) and (least is None or u.finished + u.running < least + pack)
+
+            def surplus(trial: optuna.Trial, model: ModelSpec = model) -> bool:
+                return _surplus(trial, model)
+
+            ran += run_pack(
+                study,
+                spec,
+                pack=pack,
+                device=device,
+                checkpoint_root=checkpoint_root,
+                stop=stop,
+                may_start=may_start,
+                surplus=surplus,
+                requeue=requeue,
+                on_trial=on_trial,
+                on_start=on_start,
+                tracker=tracker,
+                ledger=ledger,
+                worker_id=worker_id,
+            )
+            if ledger is not None and worker_id is not None:
+                ledger.beat(worker_id, None, None)
+            continue
         objective = make_objective(
             spec,
             study.user_attrs["model"],
@@ -550,6 +593,7 @@ def worker_process(
     mlflow_artifact_root: str | None = None,
     db_url: str | None = None,
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
+    pack: int = 1,
 ) -> None:
     """Entry point of a local worker process (``launch --workers N``): one thread, quiet logs,
     SIGINT/SIGTERM stop after the current step with a checkpoint."""
@@ -586,6 +630,7 @@ def worker_process(
         tracker=tracker,
         ledger=ledger,
         janitor=janitor,
+        pack=pack,
     )
 
 
@@ -601,6 +646,7 @@ def start_workers(
     mlflow_artifact_root: str | None = None,
     db_url: str | None = None,
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
+    pack: int = 1,
 ) -> list[Any]:
     """Spawn ``workers`` local worker processes (spawn context: no forked torch or DB state)."""
     import multiprocessing as mp
@@ -621,6 +667,7 @@ def start_workers(
                 mlflow_artifact_root,
                 db_url,
                 heartbeat,
+                pack,
             ),
             name=f"irnn-search-worker-{i}",
         )

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,15 @@ GRACE_S = 30
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
+#: errors of configuration, not of availability: retrying cannot help
+_NOT_TRANSIENT = ("password authentication failed", "does not exist", "pg_hba.conf", "permission denied")
+
+
 def connection_lost(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it) is a lost or refused database connection."""
+    """Whether ``error`` (or what caused it) is a lost or refused database connection (and not a
+    wrong password, database or role, which no retry fixes)."""
+    if any(text in str(e).lower() for e in _chain(error) for text in _NOT_TRANSIENT):
+        return False
     seen: set[int] = set()
     e: BaseException | None = error
     while e is not None and id(e) not in seen:
@@ -59,6 +67,15 @@ def connection_lost(error: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
 
 
 class ResilientRDBStorage(RDBStorage):
@@ -155,8 +172,14 @@ def open_storage(
             "grace_period": int(grace_s if grace_s is not None else 3 * heartbeat_s),
             "heartbeat_stale_trial_callback": on_stale,
         }
-    if url.startswith("sqlite"):
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: say it once, in docs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if url.startswith("sqlite"):
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+        return _server_storage(url, retry_s, beat)
+
+
+def _server_storage(url: str, retry_s: float, beat: dict[str, Any]) -> RDBStorage:
     engine_kwargs: dict[str, Any] = {
         "pool_pre_ping": True,
         "pool_size": 1,

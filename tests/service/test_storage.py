@@ -65,6 +65,8 @@ def test_a_lost_connection_is_told_from_other_database_errors() -> None:
     assert connection_lost(wrapped)
     assert not connection_lost(sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not connection_lost(ValueError("bad value"))
+    auth = Exception('FATAL:  password authentication failed for user "irnn"')
+    assert not connection_lost(sa_exc.OperationalError("connect", {}, auth)), "no retry fixes a wrong password"
 
 
 def test_sqlite_storage_is_plain_and_postgresql_storage_retries(tmp_path: Path) -> None:

@@ -1,0 +1,233 @@
+"""Packed workers: K trials of one study trained as one batched computation (``--pack K``).
+
+``run_pack`` fills up to K slots with trials of one study: each is asked from Optuna (queued
+retries and published settings first, then the sampler), recorded as an ``Attempt`` exactly as a
+one-at-a-time trial is (MLflow child run, our database with the pack's id and size, checkpoints in
+the artifact store), and trained by ``irnn_search.packed.train_packed``. A member that is pruned,
+diverges, fails or finishes leaves without disturbing the others; its trial is told to Optuna at
+once and its slot goes to the next trial the budget allows. A trial with several seeds trains
+them one after another in its slot. The worker keeps every packed trial's heartbeat; a stop
+(SIGTERM, Ctrl-C) checkpoints every member, and their trials are re-queued like any
+interrupted trial.
+
+Device time: each member's ``train_s`` in our database is its share of the pack's compute (one
+packed step's time divided by the members in it), so the study's device-hours add up to the time
+the device was busy.
+
+A study whose family or task cannot be packed (``irnn_search.packed.why_not_packable``) runs one
+trial at a time, with one log line saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from irnn_search.packed import Member, PackedResult, packable, train_packed, why_not_packable
+from irnn_search.search.spec import StudySpec
+from irnn_search.service.attempt import Attempt, TrialInterrupted
+from irnn_search.tracking import Tracker
+
+if TYPE_CHECKING:
+    from irnn_search.service.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+TOKEN_TASKS = ("ptb", "ptb-smoke")
+
+
+def pack_refusal(spec: StudySpec, model_key: str) -> str | None:
+    """Why a study's trials cannot be packed, from its spec alone (None: try to pack them)."""
+    family = spec.model(model_key).family
+    if not packable(family):
+        return f"model family {family!r} has no packed implementation"
+    if spec.task in TOKEN_TASKS:
+        return f"task {spec.task!r} has token inputs and carries state between batches, which packs do not support"
+    return None
+
+
+class _Heartbeats:
+    """Optuna heartbeats of every trial in the pack (Optuna only beats inside ``study.optimize``)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.storage: Any = study._storage
+        get = getattr(self.storage, "get_heartbeat_interval", None)
+        self.interval = get() if callable(get) else None
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeats:
+        if self.interval:
+            self.thread = threading.Thread(target=self._run, name="irnn-search-pack-heartbeats", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def add(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.add(trial_id)
+        if self.interval:
+            self.storage.record_heartbeat(trial_id)
+
+    def remove(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            with self.lock:
+                ids = list(self.ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as exc:  # a missed beat is retried next interval
+                    log.warning("heartbeat of trial id %d failed: %s", trial_id, exc)
+
+
+def run_pack(
+    study: optuna.Study,
+    spec: StudySpec,
+    *,
+    pack: int,
+    device: str,
+    checkpoint_root: Path,
+    stop: threading.Event,
+    may_start: Callable[[], bool],
+    surplus: Callable[[optuna.Trial], bool],
+    requeue: Callable[[optuna.Study, FrozenTrial, str], None],
+    on_trial: Callable[[str, FrozenTrial], None] | None = None,
+    on_start: Callable[[optuna.Trial, dict[str, Any]], None] | None = None,
+    tracker: Tracker | None = None,
+    ledger: Ledger | None = None,
+    worker_id: int | None = None,
+) -> int:
+    """Train trials of ``study`` in a pack of up to ``pack`` until ``may_start()`` says no more
+    and every member has left (or ``stop`` is set). Returns the number of trials that ran."""
+    model_key = study.user_attrs["model"]
+    pack_id = uuid.uuid4().hex[:12]
+    ready: deque[Member] = deque()  # the next seed of a trial still in the pack
+    attempts: dict[int, Attempt] = {}
+    ran = 0
+    beats = _Heartbeats(study)
+
+    def member(attempt: Attempt, i: int) -> Member:
+        seed = spec.seeds[i]
+        run, ckpt, report, on_checkpoint = attempt.prepare(i, seed)
+        refused = why_not_packable(run.model, run.task)
+        if refused is not None:
+            raise optuna.exceptions.OptunaError(f"cannot pack this trial: {refused}")
+
+        def report_and_upload(step: int, metrics: dict[str, float]) -> bool:
+            on_checkpoint(ckpt / "last.pt")  # the pack saved it just before reporting, as train() does
+            return report(step, metrics)
+
+        return Member(
+            run.model,
+            run.task,
+            run.config,
+            report=report_and_upload,
+            checkpoint_dir=ckpt,
+            name=f"trial {attempt.trial.number} seed {seed}",
+            tag=(attempt, i, run, ckpt, on_checkpoint),
+        )
+
+    def finish(attempt: Attempt, state: TrialState, value: float | None = None) -> None:
+        nonlocal ran
+        trial = attempt.trial
+        beats.remove(trial._trial_id)
+        attempts.pop(trial.number, None)
+        attempt.close()
+        if state == TrialState.COMPLETE:
+            frozen = study.tell(trial, value, state=state)
+        else:
+            frozen = study.tell(trial, state=state)
+        ran += 1
+        if state == TrialState.FAIL and attempt.outcome == "interrupted":
+            requeue(study, frozen, attempt.reason or "interrupted")
+        if on_trial is not None:
+            on_trial(study.study_name, frozen)
+
+    def ended(attempt: Attempt, exc: BaseException) -> None:
+        if isinstance(exc, optuna.TrialPruned):
+            attempt.pruned(exc)
+            finish(attempt, TrialState.PRUNED)
+        elif isinstance(exc, TrialInterrupted):
+            attempt.interrupted(exc)
+            finish(attempt, TrialState.FAIL)
+        else:
+            log.warning("trial %d of %s failed: %s", attempt.trial.number, study.study_name, exc)
+            attempt.failed(exc)
+            finish(attempt, TrialState.FAIL)
+
+    def refill() -> Member | None:
+        if ready:
+            return ready.popleft()
+        while not stop.is_set() and may_start():
+            trial = study.ask()
+            if surplus(trial):
+                trial.set_user_attr("outcome", "surplus")
+                study.tell(trial, state=TrialState.PRUNED)
+                continue
+            attempt = Attempt(
+                trial,
+                spec,
+                model_key,
+                device=device,
+                checkpoint_root=checkpoint_root,
+                tracker=tracker,
+                ledger=ledger,
+                worker_id=worker_id,
+                pack_id=pack_id,
+                pack_size=pack,
+            )
+            beats.add(trial._trial_id)
+            attempts[trial.number] = attempt
+            try:
+                attempt.begin()
+                if on_start is not None:
+                    on_start(trial, attempt.params)
+                return member(attempt, 0)
+            except Exception as exc:
+                ended(attempt, exc)
+        return None
+
+    def on_result(res: PackedResult) -> None:
+        attempt, i, run, ckpt, on_checkpoint = res.member.tag
+        try:
+            if res.error is not None:
+                raise res.error
+            if res.result.outcome == "interrupted":
+                on_checkpoint(ckpt / "last.pt")
+            attempt.seed_done(i, spec.seeds[i], run, res.result, ckpt)
+        except BaseException as exc:
+            ended(attempt, exc)
+            return
+        if i + 1 < len(spec.seeds):
+            try:
+                ready.append(member(attempt, i + 1))
+            except Exception as exc:
+                ended(attempt, exc)
+            return
+        finish(attempt, TrialState.COMPLETE, attempt.complete())
+
+    with beats:
+        try:
+            train_packed([], stop=stop, refill=refill, on_result=on_result, slots=pack)
+        finally:
+            for attempt in list(attempts.values()):  # stopped between seeds, or an error: none left RUNNING
+                ended(attempt, TrialInterrupted("the pack stopped before this trial finished; it resumes"))
+    return ran

@@ -5,7 +5,10 @@ For each shape (adding T=150, batch 16, hidden 100; the sMNIST shape T=784, batc
 differ in lr, as a study's trials do), each step a forward pass, a backward pass, per-member
 clipping and an Adam/SGD/RMSprop update:
 
-- ``packed``      one process, ``--threads`` threads: ``PackedTrainer`` with K members
+- ``packed``      one process, ``--threads`` threads: ``PackedTrainer`` with K members (the
+                  hand-written backward of ``irnn_search.packed.scan`` where the family has one)
+- ``autograd``    (``--compare-backward``) the same pack with autograd's step-by-step backward
+                  (``PackedTrainer(fused_backward=False)``: the path before the fused backward)
 - ``sequential``  one process, ``--threads`` threads: ``train()`` on one trial after another
                   (the rate of K trials in a row is one trial's rate; ``min(K, 2)`` are timed)
 - ``pool``        ``min(K, --workers)`` separate one-trial processes with one thread each, started
@@ -15,9 +18,11 @@ clipping and an Adam/SGD/RMSprop update:
 It prints model-steps/s (one trial advanced by one optimizer step) and the ratios. ``--mixed``
 also times the two ways to pack differing hidden sizes: bucketing (one pack per size, stepped in
 turn: what ``PackedTrainer`` does) against one pack at the largest size (the cost padding would
-have before any masking).
+have before any masking). ``--repeat N`` times every cell N times, the ways interleaved, and
+prints the median (the machine may be shared).
 
     python benchmarks/packed_speed.py [--quick] [--device cuda] [--steps 20] [--K 1,4,16,64]
+        [--compare-backward] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -80,8 +85,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def packed_rate(shape: Shape, family: str, K: int, steps: int, device: str, hiddens: list[int] | None = None) -> float:
-    trainer = PackedTrainer()
+def packed_rate(
+    shape: Shape,
+    family: str,
+    K: int,
+    steps: int,
+    device: str,
+    hiddens: list[int] | None = None,
+    fused_backward: bool = True,
+) -> float:
+    trainer = PackedTrainer(fused_backward=fused_backward)
     for i in range(K):
         trainer.add(_member(shape, family, i, steps + 2, device, hiddens[i] if hiddens else None))
     trainer.step()  # warm-up (allocations, first-call dispatch)
@@ -155,6 +168,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mixed", action="store_true", help="also time bucketing vs one padded pack")
     parser.add_argument("--quick", action="store_true", help="K 1,4,16 and few steps")
+    parser.add_argument(
+        "--compare-backward", action="store_true", help="also time the pack with autograd's step-by-step backward"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="time every cell this many times; print the median")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,19 +188,32 @@ def main() -> None:
         f"pool of up to {args.workers} one-thread processes; torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}"
     )
-    print("| shape | K | packed model-steps/s | sequential | pool | packed / sequential | packed / pool |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    compare = args.compare_backward
+    extra_head, extra_rule = (" autograd backward | autograd / sequential |", "---:|---:|") if compare else ("", "")
+    print(f"| shape | K | packed model-steps/s |{extra_head} sequential | pool | packed / sequential | packed / pool |")
+    print(f"|---|---:|---:|{extra_rule}---:|---:|---:|---:|")
     for key in args.shapes.split(","):
         shape = SHAPES[key]
         ks = args.K if shape.T <= 150 else args.K_long
         steps = args.steps if shape.T <= 150 else max(2, args.steps // 5)
         for K in (int(k) for k in ks.split(",")):
-            packed = packed_rate(shape, args.family, K, steps, args.device)
-            seq = sequential_rate(shape, args.family, K, steps, args.device)
-            pool = pool_rate(shape, args.family, K, steps, args.device, args.workers)
+            rates: dict[str, list[float]] = {"packed": [], "autograd": [], "seq": [], "pool": []}
+            for _ in range(args.repeat):  # interleaved, so a burst of load hits every way alike
+                rates["packed"].append(packed_rate(shape, args.family, K, steps, args.device))
+                if compare:
+                    rates["autograd"].append(
+                        packed_rate(shape, args.family, K, steps, args.device, fused_backward=False)
+                    )
+                rates["seq"].append(sequential_rate(shape, args.family, K, steps, args.device))
+                rates["pool"].append(pool_rate(shape, args.family, K, steps, args.device, args.workers))
+            packed, seq, pool = (statistics.median(rates[k]) for k in ("packed", "seq", "pool"))
+            extra = ""
+            if compare:
+                autograd = statistics.median(rates["autograd"])
+                extra = f" {autograd:.1f} | {autograd / seq:.2f}x |"
             print(
-                f"| {shape.name}, batch {shape.batch}, hidden {shape.hidden} | {K} | {packed:.1f} | {seq:.1f} | "
-                f"{pool:.1f} | {packed / seq:.2f}x | {packed / pool:.2f}x |",
+                f"| {shape.name}, batch {shape.batch}, hidden {shape.hidden} | {K} | {packed:.1f} |{extra} "
+                f"{seq:.1f} | {pool:.1f} | {packed / seq:.2f}x | {packed / pool:.2f}x |",
                 flush=True,
             )
     if args.mixed:

@@ -11,9 +11,14 @@ The maths is the members' own, step for step: the same bias sums, gate order (in
 cell, output), nonlinearities and parametrizations, so a packed member follows the same
 trajectory as the model trained alone up to float rounding (tests check 1e-5).
 
-On CPU the packed updates and gradients are bit-identical to ``train()``'s for the Elman and
-orthogonal families; the LSTM alone runs oneDNN's fused kernel, which sums in another order, so
-there the match is to rounding (bit-identical against ATen's own LSTM).
+The Elman families (irnn, rnn, and rnn-orth with tanh) run a hand-written backward by default
+(``irnn_search.packed.scan``): the recurrent weight's gradient in one ``bmm`` over all T steps
+instead of one small ``bmm`` per step, which sums in another order, so they match ``train()`` to
+float rounding (tests: 1e-5 relative). With ``fused_backward=False`` autograd differentiates the
+step-by-step loop, and on CPU the packed updates and gradients are then bit-identical to
+``train()``'s for the Elman and orthogonal families; the LSTM alone runs oneDNN's fused kernel,
+which sums in another order, so there the match is to rounding (bit-identical against ATen's own
+LSTM).
 
 Members with different hidden sizes go to different packs (bucketing, ``pack_key``): measured on
 the 2-core CI machine, two packs of 8 (hidden 64 and 128) ran 91.7 model-steps/s against 68.3 for
@@ -40,10 +45,14 @@ from irnn_search.models.lstm import LSTM
 from irnn_search.models.modrelu import modrelu
 from irnn_search.models.orthogonal import cayley_map, raw_parameter, skew
 from irnn_search.models.rnn_orth import RNNOrth
+from irnn_search.packed.scan import Workspace, elman_scan
 from irnn_search.tasks.base import Task
 
 Tensor = torch.Tensor
 Params = Mapping[str, Tensor]
+Recurrence = Callable[[Params, Tensor, tuple[Any, ...]], tuple[Tensor, State]]
+#: A recurrence with a hand-written backward; the workspace is the pack's, for buffer reuse.
+FusedRecurrence = Callable[[Params, Tensor, tuple[Any, ...], Workspace], tuple[Tensor, State]]
 
 
 def _project(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
@@ -70,6 +79,14 @@ def _zeros(x: Tensor, H: int) -> Tensor:
     return x.new_zeros(x.shape[0], x.shape[2], H)
 
 
+def _project_members_first(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    """``_project`` for the fused scans: [K, T, B, I] -> [K, T, B, H], members first (no copy)."""
+    K, T, B, I = x.shape
+    flat = x.reshape(K, T * B, I)
+    proj = torch.bmm(flat, w.mT) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, w.mT)
+    return proj.view(K, T, B, -1)
+
+
 @dataclass(frozen=True)
 class PackedFamily:
     """How one model family maps to stacked parameters and runs packed.
@@ -78,13 +95,16 @@ class PackedFamily:
     ``nn.Parameter``); ``variant(model)`` is what else must match for two members to share a
     pack (e.g. the nonlinearity); ``recurrence(params, x)`` runs the time loop on ``x``
     [K, T, B, I] and returns all hidden outputs [T, K, B, H] and the final state ([K, B, H], or a
-    tuple of them for the LSTM).
+    tuple of them for the LSTM). ``fused(variant)`` gives the same recurrence with a hand-written
+    backward (``irnn_search.packed.scan``: the weight gradients in one matmul over all steps), or
+    None where the variant has none (then autograd differentiates ``recurrence``).
     """
 
     name: str
     params: Callable[[RecurrentModel], dict[str, Tensor]]
-    recurrence: Callable[[Params, Tensor, tuple[Any, ...]], tuple[Tensor, State]]
+    recurrence: Recurrence
     variant: Callable[[RecurrentModel], tuple[Any, ...]] = lambda model: ()
+    fused: Callable[[tuple[Any, ...]], FusedRecurrence | None] = lambda variant: None
 
 
 def _readout_params(model: RecurrentModel) -> dict[str, Tensor]:
@@ -107,6 +127,11 @@ def _elman(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, Stat
     proj = _project(x, p["w_ih"], p["b_ih"] + p["b_hh"])
     act = torch.relu if variant == ("relu",) else torch.tanh
     return _loop(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], act)
+
+
+def _elman_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
+    proj = _project_members_first(x, p["w_ih"], p["b_ih"] + p["b_hh"])
+    return elman_scan(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], variant == ("relu",), ws)
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
@@ -161,6 +186,11 @@ def _rnn_orth(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, S
     return _loop(proj, _zeros(x, p["w_rec"].shape[-1]), p["w_rec"], _act(p, variant))
 
 
+def _rnn_orth_tanh_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
+    proj = _project_members_first(x, p["w_in"], p.get("b_in"))
+    return elman_scan(proj, _zeros(x, p["w_rec"].shape[-1]), p["w_rec"], False, ws)
+
+
 # -- expRNN / Cayley: constrained (skew parameter, lr_orth) ----------------------------------------
 def _orth_params(model: RecurrentModel) -> dict[str, Tensor]:
     assert isinstance(model, OrthogonalRNN)
@@ -185,10 +215,16 @@ def _orth_variant(model: RecurrentModel) -> tuple[Any, ...]:
 
 
 FAMILIES: dict[str, PackedFamily] = {
-    "irnn": PackedFamily("irnn", _elman_params, _elman, lambda m: ("relu",)),
-    "rnn": PackedFamily("rnn", _elman_params, _elman, lambda m: ("tanh",)),
+    "irnn": PackedFamily("irnn", _elman_params, _elman, lambda m: ("relu",), lambda v: _elman_fused),
+    "rnn": PackedFamily("rnn", _elman_params, _elman, lambda m: ("tanh",), lambda v: _elman_fused),
     "lstm": PackedFamily("lstm", _lstm_params, _lstm),
-    "rnn-orth": PackedFamily("rnn-orth", _rnn_orth_params, _rnn_orth, _rnn_orth_variant),
+    "rnn-orth": PackedFamily(
+        "rnn-orth",
+        _rnn_orth_params,
+        _rnn_orth,
+        _rnn_orth_variant,
+        lambda v: _rnn_orth_tanh_fused if v == ("tanh",) else None,
+    ),
     "exprnn": PackedFamily("exprnn", _orth_params, _orthogonal, _orth_variant),
     "cayley": PackedFamily("cayley", _orth_params, _orthogonal, _orth_variant),
 }
@@ -247,15 +283,20 @@ class PackedModel:
     """The stacked parameters of K members of one family and the packed forward pass.
 
     ``params[name]`` is a leaf tensor [K, ...] with ``requires_grad``; ``names`` lists them in
-    the members' ``parameters()`` order.
+    the members' ``parameters()`` order. With ``fused_backward`` (default) the family's
+    hand-written backward runs where it has one; ``fused`` is that recurrence, None when
+    autograd differentiates the loop (``fused_backward=False``: the step-by-step path, kept for
+    comparison and bit-exact against ``train()``).
     """
 
-    def __init__(self, models: list[RecurrentModel], device: torch.device) -> None:
+    def __init__(self, models: list[RecurrentModel], device: torch.device, fused_backward: bool = True) -> None:
         if not models:
             raise ValueError("a pack needs at least one member")
         first = models[0]
         self.family = FAMILIES[first.family]
         self.variant = self.family.variant(first)
+        self.fused = self.family.fused(self.variant) if fused_backward else None
+        self.workspace: Workspace = {}  # the fused backward's buffers, reused step after step
         self.names = [n for n, _ in ordered_params(first)]
         self.params: dict[str, Tensor] = {}
         with torch.no_grad():
@@ -285,9 +326,14 @@ class PackedModel:
         only some members (evaluation of the members due).
         """
         p = self.params if params is None else params
-        hs, state = self.family.recurrence(p, x, self.variant)
+        if self.fused is not None:
+            hs, state = self.fused(p, x, self.variant, self.workspace)
+        else:
+            hs, state = self.family.recurrence(p, x, self.variant)
         if readout == "last":
-            return _readout(hs[-1], p["w_out"], p["b_out"]), state
+            # The final state, not hs[-1]: the same values, and no gradient flows into hs.
+            last = state[0] if isinstance(state, tuple) else state
+            return _readout(last, p["w_out"], p["b_out"]), state
         T, K, B, H = hs.shape
         out = _readout(hs.transpose(0, 1).reshape(K, T * B, H), p["w_out"], p["b_out"])
         return out.view(K, T, B, -1), state

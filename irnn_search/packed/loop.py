@@ -211,12 +211,12 @@ class _Pack:
     membership changes is rebuilt from its members (a copy of the parameters: cheap next to a step).
     """
 
-    def __init__(self, runs: list[_Run]) -> None:
+    def __init__(self, runs: list[_Run], fused_backward: bool = True) -> None:
         self.runs = runs
         first = runs[0].member
         self.device = torch.device(first.config.device)
         self.readout = first.task.readout
-        self.model = PackedModel([r.member.model for r in runs], self.device)
+        self.model = PackedModel([r.member.model for r in runs], self.device, fused_backward)
         self.optim = PackedOptimizer(
             self.model.params, [(r.optimizer, dict(ordered_params(r.member.model))) for r in runs]
         )
@@ -314,10 +314,16 @@ class PackedTrainer:
     ``step()`` runs one optimizer step of every pack and returns the members that left (completed,
     stopped, diverged, or whose report hook raised); ``interrupt()`` checkpoints every member and
     returns them all as ``"interrupted"``. ``train_packed`` is the loop around these.
+
+    ``fused_backward`` (default True): the Elman families (irnn, rnn, rnn-orth with tanh) run the
+    hand-written backward of ``irnn_search.packed.scan`` (weight gradients in one matmul over all
+    steps; members match ``train()`` to rounding); False keeps autograd's step-by-step backward
+    (bit for bit ``train()``'s on CPU, slower; kept for comparison).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fused_backward: bool = True) -> None:
         self.packs: dict[tuple[Any, ...], _Pack] = {}
+        self.fused_backward = fused_backward
 
     @property
     def active(self) -> int:
@@ -343,7 +349,7 @@ class PackedTrainer:
         key = pack_key(member.model, member.task, member.config.device)
         pack = self.packs.get(key)
         runs = [run] if pack is None else [*self._release(pack), run]
-        self.packs[key] = _Pack(runs)
+        self.packs[key] = _Pack(runs, self.fused_backward)
         return None
 
     def _release(self, pack: _Pack) -> list[_Run]:
@@ -383,7 +389,7 @@ class PackedTrainer:
                     if k not in gone:
                         pack.sync(k)
                 if remaining:
-                    self.packs[key] = _Pack(remaining)
+                    self.packs[key] = _Pack(remaining, self.fused_backward)
                 else:
                     del self.packs[key]
         return left
@@ -443,6 +449,7 @@ def train_packed(
     refill: Callable[[], Member | None] | None = None,
     on_result: Callable[[PackedResult], None] | None = None,
     slots: int | None = None,
+    fused_backward: bool = True,
 ) -> list[PackedResult]:
     """Train ``members`` together until every one has left; return their results in leaving order.
 
@@ -454,12 +461,13 @@ def train_packed(
         on_result: called as each member leaves, before its slot is refilled (record the
             trial's outcome there so the caller's budget sees it before the next refill).
         slots: members trained at once; default: the number of initial members.
+        fused_backward: the hand-written backward where a family has one (``PackedTrainer``).
 
     Raises:
         PackError: a member (initial or from ``refill``) cannot be packed; check
             ``why_not_packable`` first and train such members alone.
     """
-    trainer = PackedTrainer()
+    trainer = PackedTrainer(fused_backward)
     results: list[PackedResult] = []
 
     def done(res: PackedResult) -> None:

@@ -1,4 +1,6 @@
-"""Every packed member reports and ends exactly as the same trial trained alone by train()."""
+"""Every packed member reports and ends as the same trial trained alone by train(), to 1e-5
+relative (float32, CPU): the Elman families' hand-written backward (``packed.scan``) sums the
+weight gradients in another order than autograd, so the match is to rounding, not bit for bit."""
 
 from __future__ import annotations
 
@@ -61,12 +63,14 @@ def test_every_member_matches_its_run_alone_metrics_parameters_and_checkpoint(tm
             assert ours["model"].keys() == theirs["model"].keys()
 
 
-@pytest.mark.parametrize("family", ["irnn", "lstm"])
-def test_a_pack_of_one_equals_the_run_alone_on_the_default_cpu_kernels(family: str) -> None:
-    # The LSTM alone on oneDNN's fused kernel (what train() uses by default on CPU), Adam + clip.
+@pytest.mark.parametrize("fused_backward", [True, False])
+@pytest.mark.parametrize("family", ["irnn", "rnn", "rnn-orth", "lstm"])
+def test_a_pack_of_one_equals_the_run_alone_on_the_default_cpu_kernels(family: str, fused_backward: bool) -> None:
+    # The LSTM alone on oneDNN's fused kernel (what train() uses by default on CPU), Adam + clip;
+    # fused_backward=False: autograd's step-by-step backward, the path kept for comparison.
     spec = Spec(family, {}, {"optimizer": "adam", "lr": 1e-3})
     member = spec.member()
-    (res,) = train_packed([member])
+    (res,) = train_packed([member], fused_backward=fused_backward)
     model, alone = spec.alone(onednn=True)
     assert_same_history(res.result.history, alone.history)
     assert_same_params(member.model, model)

@@ -1,0 +1,139 @@
+"""Hand-written backward passes for the packed time loops: the weight gradients in ONE matmul.
+
+Autograd differentiates the packed loop step by step: every time step's ``baddbmm`` gets its own
+weight-gradient ``bmm`` ``[K, H, B] @ [K, B, H]``, a contraction over only B (16 in the adding
+study) that runs no faster per member than one model's ``mm`` and was 45% of a packed step
+(``benchmarks/README.md``). ``ElmanScan`` runs the same recurrence without an autograd graph
+and, in backward, only the reverse chain ``dh_{t-1} = (dh_t ⊙ act'(a_t)) W_hh`` per step (one
+``baddbmm``); it keeps every step's ``da_t`` and forms the recurrent weight's gradient once,
+``dW_hh = Σ_t da_tᵀ h_{t-1}``, as one ``bmm`` over ``[K, H, T·B] @ [K, T·B, H]``. The
+gradient of the projected inputs is ``da`` itself, so the input weights and biases get theirs in
+one op over all T as well (autograd of ``_project``).
+
+Layout: members first, ``[K, T, B, H]``, so a member's steps are one dense ``[T·B, H]`` block for
+the big matmuls; the per-step slices ``[:, t]`` are strided views that ``bmm`` reads and writes
+in place. The hidden states are kept in a ``[K, T+1, B, H]`` buffer whose slot 0 is ``h0``, so
+``h_{t-1}`` for every t is a view, not a copy.
+
+The sums run in another order than autograd's (one long sum over T·B rather than T partial sums),
+so members match ``train()`` to float rounding (tests: 1e-5 relative), not bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Tensor = torch.Tensor
+
+#: Buffers a caller lends for reuse across steps (``PackedModel`` keeps one per pack): a fresh
+#: 15 MB buffer per step cost thousands of page faults, 10 to 20% of a step on the CI machine.
+Workspace = dict[tuple[Any, ...], Tensor]
+_use_count = getattr(torch._C, "_storage_Use_Count", None)  # private; without it, no reuse
+
+
+def _storage_users(t: Tensor) -> int:
+    assert _use_count is not None
+    return int(_use_count(t.untyped_storage()._cdata))
+
+
+# What the count reads for a tensor that nothing else holds (the storage object asked counts too).
+_FREE = _storage_users(torch.empty(1)) if _use_count is not None else 0
+
+
+def _buffer(workspace: Workspace | None, role: str, like: Tensor, *shape: int) -> Tensor:
+    """An uninitialised ``shape`` buffer: the workspace's, when nothing else holds its storage any
+    more (the graph and outputs of the step that used it are gone), else a fresh one."""
+    if workspace is None or _use_count is None:
+        return like.new_empty(shape)
+    key = (role, shape, like.dtype, like.device)
+    buf = workspace.get(key)
+    if buf is None or _storage_users(buf) != _FREE:
+        buf = workspace[key] = like.new_empty(shape)
+    return buf
+
+
+def _act_backward(grad: Tensor, h: Tensor, relu: bool, out: Tensor) -> Tensor:
+    """``grad ⊙ act'(a)`` from the activation's output ``h`` (relu: h > 0; tanh: 1 - h²), into ``out``."""
+    if relu:
+        return torch.ops.aten.threshold_backward.grad_input(grad, h, 0, grad_input=out)
+    return torch.ops.aten.tanh_backward.grad_input(grad, h, grad_input=out)
+
+
+class ElmanScan(torch.autograd.Function):
+    """``h_t = act(proj_t + h_{t-1} W_hhᵀ)`` for K members at once, with a fused backward.
+
+    Inputs: ``proj`` [K, T, B, H] (inputs already projected, biases added), ``h0`` [K, B, H],
+    ``w_hh`` [K, H, H], ``relu`` (else tanh). Outputs: every hidden state, time-major
+    [T, K, B, H] (a view of a members-first buffer), and the last state [K, B, H].
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, workspace: Workspace | None
+    ) -> tuple[Tensor, Tensor]:
+        K, T, B, H = proj.shape
+        buf = _buffer(workspace, "h", proj, K, T + 1, B, H)
+        buf[:, 0] = h0
+        w_t = w_hh.mT.contiguous()  # a dense right operand: bmm runs ~1.5x faster than on the view
+        # ATen's CPU bmm runs one batched BLAS call only into a contiguous result (a strided one
+        # falls back to K single matmuls), so each step lands in a dense scratch block and the
+        # activation writes it into the buffer.
+        scratch = proj.new_empty(K, B, H)
+        for t in range(T):
+            torch.baddbmm(proj[:, t], buf[:, t], w_t, out=scratch)
+            if relu:
+                torch.clamp_min(scratch, 0, out=buf[:, t + 1])
+            else:
+                torch.tanh(scratch, out=buf[:, t + 1])
+        # Saved and returned as views: a view holds the storage (the workspace counts its users by
+        # storage), where the buffer tensor itself, saved or returned, would not count.
+        ctx.save_for_backward(buf.view(buf.shape), w_hh)
+        ctx.relu, ctx.workspace = relu, workspace
+        ctx.set_materialize_grads(False)
+        hs = buf[:, 1:]
+        return hs.transpose(0, 1), hs[:, -1].clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_hs: Tensor | None, grad_last: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        buf, w_hh = ctx.saved_tensors
+        K, T1, B, H = buf.shape
+        T = T1 - 1
+        da = _buffer(ctx.workspace, "da", buf, K, T, B, H)
+        g_hs = grad_hs.transpose(0, 1) if grad_hs is not None else None  # [K, T, B, H]
+        dh = grad_last if grad_last is not None else buf.new_zeros(K, B, H)
+        scratch = buf.new_empty(K, B, H)
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                # dh_t = da_{t+1} W_hh (+ the readout's gradient at step t)
+                if g_hs is not None:
+                    dh = torch.baddbmm(g_hs[:, t], da[:, t + 1], w_hh, out=scratch)
+                else:
+                    dh = torch.bmm(da[:, t + 1], w_hh, out=scratch)
+            elif g_hs is not None:
+                dh = dh + g_hs[:, t]
+            _act_backward(dh, buf[:, t + 1], ctx.relu, da[:, t])
+        flat_da = da.view(K, T * B, H)
+        d_proj = da.view(da.shape) if ctx.needs_input_grad[0] else None
+        d_h0 = torch.bmm(da[:, 0], w_hh) if ctx.needs_input_grad[1] else None
+        d_w = None
+        if ctx.needs_input_grad[2]:
+            h_prev = buf[:, :T].reshape(K, T * B, H)  # a view: slot t holds h_{t-1}
+            d_w = torch.bmm(flat_da.mT, h_prev)
+        return d_proj, d_h0, d_w, None, None
+
+
+def elman_scan(
+    proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, workspace: Workspace | None = None
+) -> tuple[Tensor, Tensor]:
+    """``ElmanScan.apply``: all hidden states [T, K, B, H] and the last one [K, B, H].
+
+    ``workspace``: a dict the caller keeps across calls, to reuse the big buffers (the saved
+    hidden states and the backward's ``da``) instead of allocating them every step.
+    """
+    hs, last = ElmanScan.apply(proj, h0, w_hh, relu, workspace)
+    return hs, last
+
+
+__all__ = ["ElmanScan", "Workspace", "elman_scan"]

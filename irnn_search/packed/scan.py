@@ -81,12 +81,13 @@ class ElmanScan(torch.autograd.Function):
         # falls back to K single matmuls), so each step lands in a dense scratch block and the
         # activation writes it into the buffer.
         scratch = proj.new_empty(K, B, H)
+        hs_t, proj_t = buf.unbind(1), proj.unbind(1)  # views made once, not per step
         for t in range(T):
-            torch.baddbmm(proj[:, t], buf[:, t], w_t, out=scratch)
+            torch.baddbmm(proj_t[t], hs_t[t], w_t, out=scratch)
             if relu:
-                torch.clamp_min(scratch, 0, out=buf[:, t + 1])
+                torch.clamp_min(scratch, 0, out=hs_t[t + 1])
             else:
-                torch.tanh(scratch, out=buf[:, t + 1])
+                torch.tanh(scratch, out=hs_t[t + 1])
         # Saved and returned as views: a view holds the storage (the workspace counts its users by
         # storage), where the buffer tensor itself, saved or returned, would not count.
         ctx.save_for_backward(buf.view(buf.shape), w_hh)
@@ -101,19 +102,20 @@ class ElmanScan(torch.autograd.Function):
         K, T1, B, H = buf.shape
         T = T1 - 1
         da = _buffer(ctx.workspace, "da", buf, K, T, B, H)
-        g_hs = grad_hs.transpose(0, 1) if grad_hs is not None else None  # [K, T, B, H]
+        g_t = grad_hs.unbind(0) if grad_hs is not None else None  # each [K, B, H]
+        hs_t, da_t = buf.unbind(1), da.unbind(1)
         dh = grad_last if grad_last is not None else buf.new_zeros(K, B, H)
         scratch = buf.new_empty(K, B, H)
         for t in range(T - 1, -1, -1):
             if t < T - 1:
                 # dh_t = da_{t+1} W_hh (+ the readout's gradient at step t)
-                if g_hs is not None:
-                    dh = torch.baddbmm(g_hs[:, t], da[:, t + 1], w_hh, out=scratch)
+                if g_t is not None:
+                    dh = torch.baddbmm(g_t[t], da_t[t + 1], w_hh, out=scratch)
                 else:
-                    dh = torch.bmm(da[:, t + 1], w_hh, out=scratch)
-            elif g_hs is not None:
-                dh = dh + g_hs[:, t]
-            _act_backward(dh, buf[:, t + 1], ctx.relu, da[:, t])
+                    dh = torch.bmm(da_t[t + 1], w_hh, out=scratch)
+            elif g_t is not None:
+                dh = dh + g_t[t]
+            _act_backward(dh, hs_t[t + 1], ctx.relu, da_t[t])
         flat_da = da.view(K, T * B, H)
         d_proj = da.view(da.shape) if ctx.needs_input_grad[0] else None
         d_h0 = torch.bmm(da[:, 0], w_hh) if ctx.needs_input_grad[1] else None

@@ -148,8 +148,10 @@ def _retrying(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _NOT_WRAPPED = ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback")
+#: private methods Optuna's own cache layer (``_CachedStorage``) calls on its backend
+_PRIVATE_CALLED = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids")
 for _name, _fn in list(vars(RDBStorage).items()):
-    if callable(_fn) and (not _name.startswith("_") or _name == "_get_stale_trial_ids") and _name not in _NOT_WRAPPED:
+    if callable(_fn) and (not _name.startswith("_") or _name in _PRIVATE_CALLED) and _name not in _NOT_WRAPPED:
         setattr(ResilientRDBStorage, _name, _retrying(_fn))
 
 

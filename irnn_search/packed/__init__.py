@@ -46,7 +46,7 @@ pack (one vectorised update per optimizer kind). Token tasks (PTB: embeddings, s
 between batches) and the families dtriv, scornn, nnrnn, asrnn and eurnn are not packed:
 ``add``/``train_packed`` raise ``PackError`` for them, so check ``why_not_packable`` first.
 
-Speed: the Elman families (irnn, rnn, rnn-orth with tanh) use a hand-written backward
+Speed: the Elman families (irnn, rnn, rnn-orth with tanh) and the LSTM use a hand-written backward
 (``irnn_search.packed.scan``: the weight gradients in one matmul over all time steps; members
 match a run alone to float rounding, 1e-5 in the tests); ``train_packed(..., fused_backward=False)``
 or ``PackedTrainer(fused_backward=False)`` keeps autograd's step-by-step backward (bit for bit

@@ -11,8 +11,8 @@ The maths is the members' own, step for step: the same bias sums, gate order (in
 cell, output), nonlinearities and parametrizations, so a packed member follows the same
 trajectory as the model trained alone up to float rounding (tests check 1e-5).
 
-The Elman families (irnn, rnn, and rnn-orth with tanh) run a hand-written backward by default
-(``irnn_search.packed.scan``): the recurrent weight's gradient in one ``bmm`` over all T steps
+The Elman families (irnn, rnn, and rnn-orth with tanh) and the LSTM run a hand-written backward
+by default (``irnn_search.packed.scan``): the recurrent weight's gradient in one ``bmm`` over all T steps
 instead of one small ``bmm`` per step, which sums in another order, so they match ``train()`` to
 float rounding (tests: 1e-5 relative). With ``fused_backward=False`` autograd differentiates the
 step-by-step loop, and on CPU the packed updates and gradients are then bit-identical to
@@ -45,7 +45,7 @@ from irnn_search.models.lstm import LSTM
 from irnn_search.models.modrelu import modrelu
 from irnn_search.models.orthogonal import cayley_map, raw_parameter, skew
 from irnn_search.models.rnn_orth import RNNOrth
-from irnn_search.packed.scan import Workspace, elman_scan
+from irnn_search.packed.scan import Workspace, elman_scan, lstm_scan
 from irnn_search.tasks.base import Task
 
 Tensor = torch.Tensor
@@ -158,6 +158,13 @@ def _lstm(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, State
     return torch.stack(outs), (h, c)
 
 
+def _lstm_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
+    proj = _project_members_first(x, p["w_ih"], p["b_ih"] + p["b_hh"])
+    h0 = _zeros(x, p["w_hh"].shape[-1])
+    hs, h, c = lstm_scan(proj, h0, torch.zeros_like(h0), p["w_hh"], ws)
+    return hs, (h, c)
+
+
 # -- RNN-orth: orthogonal init, unconstrained training ---------------------------------------------
 def _rnn_orth_params(model: RecurrentModel) -> dict[str, Tensor]:
     assert isinstance(model, RNNOrth)
@@ -217,7 +224,7 @@ def _orth_variant(model: RecurrentModel) -> tuple[Any, ...]:
 FAMILIES: dict[str, PackedFamily] = {
     "irnn": PackedFamily("irnn", _elman_params, _elman, lambda m: ("relu",), lambda v: _elman_fused),
     "rnn": PackedFamily("rnn", _elman_params, _elman, lambda m: ("tanh",), lambda v: _elman_fused),
-    "lstm": PackedFamily("lstm", _lstm_params, _lstm),
+    "lstm": PackedFamily("lstm", _lstm_params, _lstm, lambda m: (), lambda v: _lstm_fused),
     "rnn-orth": PackedFamily(
         "rnn-orth",
         _rnn_orth_params,

@@ -315,7 +315,7 @@ class PackedTrainer:
     stopped, diverged, or whose report hook raised); ``interrupt()`` checkpoints every member and
     returns them all as ``"interrupted"``. ``train_packed`` is the loop around these.
 
-    ``fused_backward`` (default True): the Elman families (irnn, rnn, rnn-orth with tanh) run the
+    ``fused_backward`` (default True): the Elman families (irnn, rnn, rnn-orth with tanh) and the LSTM run the
     hand-written backward of ``irnn_search.packed.scan`` (weight gradients in one matmul over all
     steps; members match ``train()`` to rounding); False keeps autograd's step-by-step backward
     (bit for bit ``train()``'s on CPU, slower; kept for comparison).

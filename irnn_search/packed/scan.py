@@ -138,4 +138,92 @@ def elman_scan(
     return hs, last
 
 
-__all__ = ["ElmanScan", "Workspace", "elman_scan"]
+class LSTMScan(torch.autograd.Function):
+    """The packed LSTM (nn.LSTM's cell: gates input, forget, cell, output; ``c' = f·c + i·g``,
+    ``h' = o·tanh(c')``) with the same fused backward: per step only ``dh_{t-1} = dG_t W_hh``,
+    then ``dW_hh = Σ_t dG_tᵀ h_{t-1}`` in one ``bmm`` over ``[K, 4H, T·B] @ [K, T·B, H]``.
+
+    Inputs: ``proj`` [K, T, B, 4H] (inputs projected, both biases added), ``h0``, ``c0``
+    [K, B, H], ``w_hh`` [K, 4H, H]. Outputs: all hidden states [T, K, B, H], the last h and c.
+    Saved: the gates after their nonlinearities and every c and h (``[K, T(+1), B, ·]``).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, workspace: Workspace | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        K, T, B, G = proj.shape
+        H = G // 4
+        hbuf = _buffer(workspace, "lstm h", proj, K, T + 1, B, H)
+        cbuf = _buffer(workspace, "lstm c", proj, K, T + 1, B, H)
+        gates = _buffer(workspace, "lstm gates", proj, K, T, B, G)
+        hbuf[:, 0], cbuf[:, 0] = h0, c0
+        w_t = w_hh.mT.contiguous()
+        scratch = proj.new_empty(K, B, G)
+        h_t, c_t, g_t, p_t = hbuf.unbind(1), cbuf.unbind(1), gates.unbind(1), proj.unbind(1)
+        for t in range(T):
+            torch.baddbmm(p_t[t], h_t[t], w_t, out=scratch)
+            a = g_t[t]
+            torch.sigmoid(scratch, out=a)
+            torch.tanh(scratch[..., 2 * H : 3 * H], out=a[..., 2 * H : 3 * H])
+            i, f, g, o = a.chunk(4, dim=-1)
+            c = c_t[t + 1]
+            torch.mul(f, c_t[t], out=c)
+            c.addcmul_(i, g)
+            torch.tanh(c, out=h_t[t + 1])
+            h_t[t + 1].mul_(o)
+        ctx.save_for_backward(hbuf.view(hbuf.shape), cbuf.view(cbuf.shape), gates.view(gates.shape), w_hh)
+        ctx.workspace = workspace
+        ctx.set_materialize_grads(False)
+        hs = hbuf[:, 1:]
+        return hs.transpose(0, 1), hs[:, -1].clone(), cbuf[:, -1].clone()
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_hs: Tensor | None, grad_h: Tensor | None, grad_c: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        hbuf, cbuf, gates, w_hh = ctx.saved_tensors
+        K, T, B, G = gates.shape
+        H = G // 4
+        dgates = _buffer(ctx.workspace, "lstm dgates", gates, K, T, B, G)
+        g_hs = grad_hs.unbind(0) if grad_hs is not None else None
+        c_t, a_t, d_t = cbuf.unbind(1), gates.unbind(1), dgates.unbind(1)
+        dh = grad_h if grad_h is not None else hbuf.new_zeros(K, B, H)
+        dc = grad_c.clone() if grad_c is not None else hbuf.new_zeros(K, B, H)
+        scratch = hbuf.new_empty(K, B, H)
+        sigmoid_bwd, tanh_bwd = torch.ops.aten.sigmoid_backward, torch.ops.aten.tanh_backward
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                if g_hs is not None:
+                    dh = torch.baddbmm(g_hs[t], d_t[t + 1], w_hh, out=scratch)
+                else:
+                    dh = torch.bmm(d_t[t + 1], w_hh, out=scratch)
+            elif g_hs is not None:
+                dh = dh + g_hs[t]
+            i, f, g, o = a_t[t].chunk(4, dim=-1)
+            di, df, dg, do = d_t[t].chunk(4, dim=-1)
+            tc = torch.tanh(c_t[t + 1])
+            sigmoid_bwd.grad_input(dh * tc, o, grad_input=do)
+            dc.add_(tanh_bwd(dh * o, tc))
+            sigmoid_bwd.grad_input(dc * g, i, grad_input=di)
+            tanh_bwd.grad_input(dc * i, g, grad_input=dg)
+            sigmoid_bwd.grad_input(dc * c_t[t], f, grad_input=df)
+            dc.mul_(f)
+        d_proj = dgates.view(dgates.shape) if ctx.needs_input_grad[0] else None
+        d_h0 = torch.bmm(d_t[0], w_hh) if ctx.needs_input_grad[1] else None
+        d_c0 = dc if ctx.needs_input_grad[2] else None
+        d_w = None
+        if ctx.needs_input_grad[3]:
+            d_w = torch.bmm(dgates.view(K, T * B, G).mT, hbuf[:, :T].reshape(K, T * B, H))
+        return d_proj, d_h0, d_c0, d_w, None
+
+
+def lstm_scan(
+    proj: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, workspace: Workspace | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``LSTMScan.apply``: all hidden states [T, K, B, H], the last h and the last c [K, B, H]."""
+    hs, h, c = LSTMScan.apply(proj, h0, c0, w_hh, workspace)
+    return hs, h, c
+
+
+__all__ = ["ElmanScan", "LSTMScan", "Workspace", "elman_scan", "lstm_scan"]

@@ -63,8 +63,12 @@ def assert_same_history(packed: list[dict[str, float]], alone: list[dict[str, fl
 
 
 def assert_same_params(packed: RecurrentModel, alone: RecurrentModel) -> None:
+    """1e-5 relative, entry by entry and to the tensor's scale: the fused backward (packed.scan)
+    sums gradients in another order, and RMSprop without clipping carries those last-bit
+    differences of tiny gradient entries into weights far below the tensor's scale."""
     for (name, p), q in zip(packed.named_parameters(), alone.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+        scale = float(q.detach().abs().max()) if q.numel() else 1.0
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=max(1e-6, 1e-5 * scale), msg=name)
 
 
 def replace_steps(config: TrainConfig, steps: int) -> TrainConfig:

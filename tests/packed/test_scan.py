@@ -1,4 +1,4 @@
-"""The hand-written backward of the packed Elman loop: gradcheck in float64, agreement with
+"""The hand-written backwards of the packed Elman and LSTM loops: gradcheck in float64, agreement with
 autograd's step-by-step backward, and buffer reuse that never overwrites live results."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from irnn_search.packed.families import _loop
-from irnn_search.packed.scan import Workspace, elman_scan
+from irnn_search.packed.scan import Workspace, elman_scan, lstm_scan
 
 
 def _inputs(relu: bool, dtype: torch.dtype = torch.float64, K: int = 3, T: int = 5, B: int = 2, H: int = 4):
@@ -81,3 +81,17 @@ def test_a_graph_kept_alive_keeps_its_saved_states_through_later_calls() -> None
     _, ref_last = elman_scan(proj, h0, w, False, None)
     (ref_w,) = torch.autograd.grad(ref_last.sum(), [w])
     torch.testing.assert_close(grad_w, ref_w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("output", ["all", "last h", "last c"])
+def test_lstm_gradcheck_float64(output: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    K, T, B, H = 2, 4, 2, 3
+    shapes = [(K, T, B, 4 * H), (K, B, H), (K, B, H), (K, 4 * H, H)]
+    inputs = tuple((0.5 * torch.randn(s, dtype=torch.float64, generator=g)).requires_grad_() for s in shapes)
+
+    def f(proj: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        hs, h, c = lstm_scan(proj, h0, c0, w, {})
+        return {"all": hs, "last h": h, "last c": c}[output]
+
+    assert torch.autograd.gradcheck(f, inputs)

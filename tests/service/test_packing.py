@@ -80,12 +80,13 @@ def _open(
     return open_studies(spec, stores["storage"], tracker)[model]
 
 
-def _values(study: optuna.Study) -> dict[tuple[object, ...], float]:
+def _values(study: optuna.Study) -> dict[tuple[object, ...], tuple[float, float]]:
+    """Per trial (by params): the first reported value (step 10) and the final value."""
     out = {}
     for t in study.trials:
         if t.state == TrialState.COMPLETE:
             assert t.value is not None
-            out[tuple(sorted(t.params.items()))] = t.value
+            out[tuple(sorted(t.params.items()))] = (t.intermediate_values[10], t.value)
     return out
 
 
@@ -114,10 +115,13 @@ def test_a_packed_worker_gives_every_trial_the_value_it_gets_alone_and_records_t
     assert ran == 5
     single, multi = _values(alone), _values(packed)
     assert set(single) == set(multi) and len(single) == 5
-    # tests/packed holds members to 1e-5 of train() step by step; over 2 seeds x 40 steps of
-    # RMSprop, float32 rounding (another summation order in the batched matmul) grows to ~1e-4
-    for key, value in single.items():
-        assert math.isclose(multi[key], value, rel_tol=1e-3), (key, multi[key], value)
+    # tests/packed holds members to 1e-5 of train() step by step. Here the first report (step 10)
+    # matches to 1e-5; by the end, float32 rounding (the packed backward sums in another order)
+    # has grown under RMSprop's early steps to a few 1e-3 of the best value, so the end is checked
+    # to 1e-2: the same trial, not a different one.
+    for key, (first, value) in single.items():
+        assert math.isclose(multi[key][0], first, rel_tol=1e-5), (key, multi[key][0], first)
+        assert math.isclose(multi[key][1], value, rel_tol=1e-2), (key, multi[key][1], value)
     u = usage(packed)
     assert (u.complete, u.running, u.waiting) == (5, 0, 0)
 

@@ -393,7 +393,9 @@ def launch_cmd(
     workers: Annotated[int, typer.Option(help="local worker processes", min=1)] = 1,
     run: Annotated[bool, typer.Option(help="run trials here; --no-run only registers the studies")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads per worker", min=1)] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads per worker (default: IRNN_SEARCH_THREADS or 1)", min=1)
+    ] = None,
     studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
     report: Annotated[bool, typer.Option(help="print the report (and write its plots) at the end")] = True,
     track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
@@ -434,7 +436,7 @@ def launch_cmd(
         workers=workers,
         device=device,
         checkpoint_root=settings.checkpoint_root.resolve(),
-        threads=threads,
+        threads=threads or settings.threads or 1,
         mlflow_uri=settings.mlflow_tracking_uri if tracker else None,
         mlflow_artifact_root=settings.mlflow_artifact_root if tracker else None,
         db_url=settings.db_url,

@@ -242,3 +242,50 @@ __all__ = [
     "search_space",
     "suggest",
 ]
+
+
+class PruneGate:
+    """Whether a trial's pruner can decide anything at a report: ``trial.should_prune()`` reads the
+    whole trial back from the storage (about 10 round trips on PostgreSQL), so it is skipped at
+    reports where the answer is certainly "no".
+
+    - ``none``: never asked;
+    - ``asha``: only when a rung step ``min_resource · η^(min_early_stopping_rate + k)`` lies in
+      ``(previous check, step]``; ``hyperband``: any ``min_resource · η^j`` (the rungs of all its
+      brackets). That is exactly when Optuna's successive halving records a rung and may prune,
+      so the decisions are the same as asking at every report;
+    - ``median`` (and anything unknown): asked at every report.
+
+    The first report of an attempt is always checked (a resumed trial may be past several rungs).
+    """
+
+    def __init__(self, spec: StudySpec | PrunerSpec) -> None:
+        p = spec.pruner if isinstance(spec, StudySpec) else spec
+        self.name = p.name
+        o = p.options
+        self._first: int | None = None  # the lowest rung step, when the rungs are known
+        self._eta = 2
+        if p.name in ("asha", "hyperband") and isinstance(o.get("min_resource"), int):
+            self._eta = max(int(o.get("reduction_factor", 3)), 2)
+            rate = int(o.get("min_early_stopping_rate", 0)) if p.name == "asha" else 0
+            self._first = int(o["min_resource"]) * self._eta**rate
+        self.last: int | None = None
+
+    def _rung_in(self, low: int, high: int) -> bool:
+        assert self._first is not None
+        step = self._first
+        while step <= high:
+            if step > low:
+                return True
+            step *= self._eta
+        return False
+
+    def due(self, step: int) -> bool:
+        if self.name == "none":
+            return False
+        if self._first is None or self.last is None:
+            self.last = step
+            return True
+        due = self._rung_in(self.last, step)
+        self.last = step
+        return due

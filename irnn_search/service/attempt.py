@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from irnn_search.search.space import build_train_config, suggest
+from irnn_search.search.space import PruneGate, build_train_config, suggest
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.single import Run, prepare_run
 from irnn_search.tracking import Tracker, TrackingError
@@ -44,6 +45,56 @@ log = logging.getLogger(__name__)
 
 class TrialInterrupted(Exception):
     """The trial stopped at a step boundary and checkpointed; it is re-queued for any worker."""
+
+
+TAKEN_OVER = (
+    "taken over: its heartbeat lapsed, so another worker's janitor failed and re-queued it; "
+    "the re-queued trial resumes from the last checkpoint"
+)
+
+
+class Heartbeats:
+    """Optuna heartbeats of the trials this worker runs (one, or every trial of a pack), from a thread."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.storage: Any = study._storage
+        get = getattr(self.storage, "get_heartbeat_interval", None)
+        self.interval = get() if callable(get) else None
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeats:
+        if self.interval:
+            self.thread = threading.Thread(target=self._run, name="irnn-search-heartbeats", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def add(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.add(trial_id)
+        if self.interval:
+            self.storage.record_heartbeat(trial_id)
+
+    def remove(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            with self.lock:
+                ids = list(self.ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as exc:  # a missed beat is retried next interval
+                    log.warning("heartbeat of trial id %d failed: %s", trial_id, exc)
 
 
 def checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
@@ -165,6 +216,7 @@ class Attempt:
             batch_size=spec.batch_size,
         )
         first = i == 0
+        gate = PruneGate(spec)  # should_prune only where the pruner can decide
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             if self.tracker is not None:
@@ -177,7 +229,7 @@ class Attempt:
             value = metrics.get(spec.objective, math.nan)
             if first and math.isfinite(value):
                 trial.report(value, step)
-                if trial.should_prune():
+                if gate.due(step) and trial.should_prune():
                     trial.set_user_attr("outcome", "pruned")
                     trial.set_user_attr("reason", f"pruned by {spec.pruner.name} at step {step}")
                     raise optuna.TrialPruned(f"pruned at step {step}")
@@ -238,6 +290,13 @@ class Attempt:
     def interrupted(self, exc: BaseException) -> None:
         self.outcome, self.reason = "interrupted", str(exc)
 
+    def taken_over(self, exc: BaseException) -> None:
+        """Another worker's janitor failed this trial while it ran here (its heartbeats did not
+        reach the storage for a grace period) and re-queued it: stop quietly, touch the trial no
+        more; the checkpoint already in the artifact store is where the re-queued trial resumes."""
+        self.outcome, self.reason = "lost", TAKEN_OVER
+        log.warning("%s trial %d: %s", self.trial.study.study_name, self.trial.number, TAKEN_OVER)
+
     def failed(self, exc: BaseException) -> None:
         """A trial's error fails that trial, never the worker."""
         self.reason = f"{type(exc).__name__}: {exc}"
@@ -248,7 +307,7 @@ class Attempt:
     def close(self) -> None:
         if self.tracker is not None and self.run_id is not None:
             self.tracker.end_run(self.run_id, self.outcome, self.reason or None)
-            if self.outcome == "interrupted":
+            if self.outcome in ("interrupted", "lost"):
                 self.tracker.flush()  # the checkpoint is uploaded before another worker may take the trial
         if self.ledger is not None:
             self.ledger.finish_trial(

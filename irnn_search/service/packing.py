@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.packed import Member, PackedResult, packable, train_packed, why_not_packable
 from irnn_search.search.spec import StudySpec
-from irnn_search.service.attempt import Attempt, TrialInterrupted
+from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
 from irnn_search.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -52,50 +52,6 @@ def pack_refusal(spec: StudySpec, model_key: str) -> str | None:
     if spec.task in TOKEN_TASKS:
         return f"task {spec.task!r} has token inputs and carries state between batches, which packs do not support"
     return None
-
-
-class _Heartbeats:
-    """Optuna heartbeats of every trial in the pack (Optuna only beats inside ``study.optimize``)."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self.storage: Any = study._storage
-        get = getattr(self.storage, "get_heartbeat_interval", None)
-        self.interval = get() if callable(get) else None
-        self.ids: set[int] = set()
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Heartbeats:
-        if self.interval:
-            self.thread = threading.Thread(target=self._run, name="irnn-search-pack-heartbeats", daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        if self.thread is not None:
-            self.thread.join(10)
-
-    def add(self, trial_id: int) -> None:
-        with self.lock:
-            self.ids.add(trial_id)
-        if self.interval:
-            self.storage.record_heartbeat(trial_id)
-
-    def remove(self, trial_id: int) -> None:
-        with self.lock:
-            self.ids.discard(trial_id)
-
-    def _run(self) -> None:
-        while not self.done.wait(self.interval):
-            with self.lock:
-                ids = list(self.ids)
-            for trial_id in ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception as exc:  # a missed beat is retried next interval
-                    log.warning("heartbeat of trial id %d failed: %s", trial_id, exc)
 
 
 def run_pack(
@@ -122,7 +78,7 @@ def run_pack(
     ready: deque[Member] = deque()  # the next seed of a trial still in the pack
     attempts: dict[int, Attempt] = {}
     ran = 0
-    beats = _Heartbeats(study)
+    beats = Heartbeats(study)
 
     def member(attempt: Attempt, i: int) -> Member:
         seed = spec.seeds[i]
@@ -151,11 +107,14 @@ def run_pack(
         beats.remove(trial._trial_id)
         attempts.pop(trial.number, None)
         attempt.close()
-        if state == TrialState.COMPLETE:
-            frozen = study.tell(trial, value, state=state)
-        else:
-            frozen = study.tell(trial, state=state)
         ran += 1
+        if attempt.outcome == "lost":  # another worker's janitor already ended and re-queued it
+            return
+        # skip_if_finished: a janitor may have failed it an instant before (its heartbeat lapsed)
+        frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        if frozen.state != state:
+            log.warning("%s trial %d: %s", study.study_name, trial.number, TAKEN_OVER)
+            return
         if state == TrialState.FAIL and attempt.outcome == "interrupted":
             requeue(study, frozen, attempt.reason or "interrupted")
         if on_trial is not None:
@@ -167,6 +126,9 @@ def run_pack(
             finish(attempt, TrialState.PRUNED)
         elif isinstance(exc, TrialInterrupted):
             attempt.interrupted(exc)
+            finish(attempt, TrialState.FAIL)
+        elif isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+            attempt.taken_over(exc)
             finish(attempt, TrialState.FAIL)
         else:
             log.warning("trial %d of %s failed: %s", attempt.trial.number, study.study_name, exc)

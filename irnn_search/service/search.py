@@ -38,8 +38,16 @@ from optuna.trial import FrozenTrial, TrialState
 from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler
 from irnn_search.search.spec import ModelSpec, StudySpec
-from irnn_search.service.attempt import Attempt, TrialInterrupted
-from irnn_search.service.storage import GRACE_S, HEARTBEAT_S, RETRY_S, StaleCallback, launch_lock, open_storage
+from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
+from irnn_search.service.storage import (
+    GRACE_S,
+    HEARTBEAT_S,
+    RETRY_S,
+    StaleCallback,
+    launch_lock,
+    open_storage,
+    trial_rows,
+)
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger
@@ -260,29 +268,54 @@ def _surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
     if model.budget.trials is None:
         return False
     states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    ahead = [
-        t
-        for t in trial.study.get_trials(deepcopy=False, states=states)
-        if t.number < trial.number and _counts_against_budget(t)
-    ]
-    return len(ahead) >= model.budget.trials
+    rows = _rows(trial.study)
+    ahead = sum(1 for r in rows if r.number < trial.number and r.state in states and r.counts)
+    return ahead >= model.budget.trials
+
+
+@dataclass(frozen=True)
+class _Row:
+    number: int
+    state: TrialState
+    seconds: float  # wall time so far (running) or in all (finished); 0 before it starts
+    counts: bool  # against the budget (not released, not surplus)
+    value: float | None  # finite objective of a complete trial
+
+
+def _rows(study: optuna.Study) -> list[_Row]:
+    """The study's trials for budget accounting: one narrow query on an RDB storage (see
+    ``storage.trial_rows``), else from ``FrozenTrial`` objects."""
+    import datetime as dt
+
+    rows = trial_rows(study._storage, study._study_id)
+    out: list[_Row] = []
+    if rows is not None:
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # Optuna stores naive UTC
+        for number, state, start, end, outcome, value in rows:
+            seconds = 0.0 if start is None else max(0.0, ((end or now) - start).total_seconds())
+            is_released = state == TrialState.FAIL and outcome in (None, "interrupted")
+            counts = not is_released and outcome != "surplus"
+            out.append(_Row(number, state, seconds, counts, value if state == TrialState.COMPLETE else None))
+        return out
+    now_ts = time.time()
+    for t in study.get_trials(deepcopy=False):
+        seconds = 0.0
+        if t.datetime_start is not None:
+            finished_ts = t.datetime_complete.timestamp() if t.datetime_complete else now_ts
+            seconds = max(0.0, finished_ts - t.datetime_start.timestamp())
+        value = t.value if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) else None
+        out.append(_Row(t.number, t.state, seconds, _counts_against_budget(t), value))
+    return out
 
 
 def usage(study: optuna.Study) -> Usage:
     now = time.time()
-    trials = study.get_trials(deepcopy=False)
-    seconds = 0.0
-    for t in trials:
-        if t.datetime_start is None:
-            continue
-        end = t.datetime_complete.timestamp() if t.datetime_complete else now
-        seconds += max(0.0, end - t.datetime_start.timestamp())
-    state = [t.state for t in trials if _counts_against_budget(t)]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    rows = _rows(study)
+    state = [r.state for r in rows if r.counts]
+    values = [r.value for r in rows if r.value is not None]
     best = None
-    if complete:
-        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-        best = pick(t.value for t in complete if t.value is not None)
+    if values:
+        best = (min if study.direction == optuna.study.StudyDirection.MINIMIZE else max)(values)
     return Usage(
         finished=sum(s in FINISHED for s in state),
         complete=state.count(TrialState.COMPLETE),
@@ -290,7 +323,7 @@ def usage(study: optuna.Study) -> Usage:
         failed=state.count(TrialState.FAIL),
         running=state.count(TrialState.RUNNING),
         waiting=state.count(TrialState.WAITING),
-        device_hours=seconds / 3600,
+        device_hours=sum(r.seconds for r in rows) / 3600,
         elapsed_s=now - float(study.user_attrs.get("launched_at", now)),
         best=best,
     )
@@ -369,6 +402,9 @@ def make_objective(
             raise
         except TrialInterrupted as exc:
             attempt.interrupted(exc)
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            attempt.taken_over(exc)
             raise
         except Exception as exc:  # a trial's error fails that trial, never the worker
             attempt.failed(exc)
@@ -560,26 +596,55 @@ def _loop(
             worker_id=worker_id,
             on_start=on_start,
         )
-        finished: list[FrozenTrial] = []
-
-        def keep(_study: optuna.Study, trial: FrozenTrial, out: list[FrozenTrial] = finished) -> None:
-            out.append(trial)
-
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(Exception,),
-            gc_after_trial=False,
-            callbacks=[keep],
-        )
+        finished = run_one(study, objective)
         ran += 1
-        if finished and released(finished[0]):  # interrupted: back in the queue at once
-            requeue(study, finished[0], finished[0].user_attrs.get("reason", "interrupted"))
+        if finished is not None and released(finished):  # interrupted: back in the queue at once
+            requeue(study, finished, finished.user_attrs.get("reason", "interrupted"))
         if ledger is not None and worker_id is not None:
             ledger.beat(worker_id, None, None)
-        if on_trial is not None and finished:
-            on_trial(name, finished[0])
+        if on_trial is not None and finished is not None:
+            on_trial(name, finished)
     return ran
+
+
+def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> FrozenTrial | None:
+    """Ask one trial, run ``objective`` on it with heartbeats, tell the outcome; the finished trial.
+
+    ``study.optimize`` without its one fatal case: when another worker's janitor has already
+    failed the trial (its heartbeats did not reach the storage for a grace period), Optuna's tell
+    raises and stops the worker. Here that trial is left to its re-queued copy (None is returned)
+    and the worker goes on. A trial's error fails that trial, never the worker.
+    """
+    trial = study.ask()
+    value: float | None = None
+    state: TrialState | None
+    with Heartbeats(study) as beats:
+        beats.add(trial._trial_id)
+        try:
+            value = objective(trial)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except optuna.exceptions.UpdateFinishedTrialError:
+            state = None
+        except TrialInterrupted:
+            state = TrialState.FAIL
+        except KeyboardInterrupt:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        except Exception as exc:
+            state = TrialState.FAIL
+            log.warning("%s trial %d failed: %s: %s", study.study_name, trial.number, type(exc).__name__, exc)
+            log.debug("the error of trial %d", trial.number, exc_info=exc)
+        finally:
+            beats.remove(trial._trial_id)
+    if state is None:
+        return None
+    frozen = study.tell(trial, value, state=state, skip_if_finished=True)
+    if frozen.state != state:  # failed by a janitor an instant before this tell
+        log.warning("%s trial %d: %s", study.study_name, trial.number, TAKEN_OVER)
+        return None
+    return frozen
 
 
 def worker_process(

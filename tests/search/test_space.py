@@ -7,6 +7,7 @@ import importlib.util
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from irnn_search.search import space
 from irnn_search.search.space import (
@@ -17,7 +18,7 @@ from irnn_search.search.space import (
     search_space,
     suggest,
 )
-from irnn_search.search.spec import Choice, FloatRange, SpecError, StudySpec, parse_spec
+from irnn_search.search.spec import Choice, FloatRange, PrunerSpec, SpecError, StudySpec, parse_spec
 from irnn_search.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -210,3 +211,73 @@ def test_build_train_config_takes_steps_and_interval_from_the_spec():
     config = build_train_config(spec, {"optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "clip": None}, seed=3)
     assert (config.steps, config.eval_every, config.seed, config.device) == (400, 50, 3, "cpu")
     assert (config.optimizer, config.lr, config.momentum, config.clip) == ("sgd", 0.01, 0.5, None)
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        PrunerSpec(
+            "asha", {"min_resource": 20, "reduction_factor": 3, "min_early_stopping_rate": 0, "bootstrap_count": 0}
+        ),
+        PrunerSpec(
+            "asha", {"min_resource": 10, "reduction_factor": 2, "min_early_stopping_rate": 1, "bootstrap_count": 0}
+        ),
+        PrunerSpec("hyperband", {"min_resource": 10, "max_resource": 400, "reduction_factor": 3, "bootstrap_count": 0}),
+    ],
+    ids=["asha-eta3", "asha-eta2-rate1", "hyperband"],
+)
+def test_the_prune_gate_asks_only_at_rungs_and_prunes_exactly_what_asking_every_report_prunes(
+    pruner: PrunerSpec,
+) -> None:
+    """``trial.should_prune()`` costs a full trial read; the gate skips it between rungs. The
+    trials pruned, and the steps they are pruned at, must be those of asking at every report."""
+    import random
+
+    from irnn_search.search.space import PruneGate, build_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rng = random.Random(0)
+    curves = [[rng.random() * (1 + 1 / (1 + k)) for k in range(40)] for _ in range(30)]
+    report_every = 10
+
+    def run(gated: bool) -> tuple[list[int | None], int]:
+        options = {"bootstrap_count": 0, **pruner.options}
+        study = optuna.create_study(study_name="gate", pruner=build_pruner(PrunerSpec(pruner.name, options)))
+        outcomes: list[int | None] = []
+        asked = 0
+        for curve in curves:
+            trial = study.ask()
+            gate = PruneGate(pruner)
+            pruned_at = None
+            for k, value in enumerate(curve):
+                step = (k + 1) * report_every
+                trial.report(value, step)
+                if not gated or gate.due(step):
+                    asked += 1
+                    if trial.should_prune():
+                        pruned_at = step
+                        break
+            study.tell(
+                trial,
+                curve[-1] if pruned_at is None else None,
+                state=TrialState.PRUNED if pruned_at else TrialState.COMPLETE,
+            )
+            outcomes.append(pruned_at)
+        return outcomes, asked
+
+    every, asked_every = run(gated=False)
+    gated, asked_gated = run(gated=True)
+    assert gated == every
+    assert any(p is not None for p in every), "the comparison needs some pruned trials"
+    assert asked_gated < asked_every / 2, (asked_gated, asked_every)
+
+
+def test_the_prune_gate_never_asks_nop_and_always_asks_median() -> None:
+    from irnn_search.search.space import PruneGate
+
+    none, median = PruneGate(PrunerSpec("none", {})), PruneGate(PrunerSpec("median", {"n_warmup_steps": 10}))
+    assert not any(none.due(s) for s in range(10, 200, 10))
+    assert all(median.due(s) for s in range(10, 200, 10))
+    resumed = PruneGate(PrunerSpec("asha", {"min_resource": 20, "reduction_factor": 3, "min_early_stopping_rate": 0}))
+    assert resumed.due(500), "the first report of an attempt (a resumed trial) is always checked"
+    assert not resumed.due(510) and resumed.due(540) and not resumed.due(550)  # 540 = 20 * 3^3

@@ -92,14 +92,16 @@ class Stack:
         )
 
     def worker(self, home: str, *args: str) -> subprocess.Popen[str]:
-        log = open(self.root / f"{home}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "irnn_search", "worker", *args],
-            env=self.env(home),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        path = self.root / f"{home}.log"
+        with open(path, "w") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "irnn_search", "worker", *args],
+                env=self.env(home),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        proc.log_path = str(path)  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
 
@@ -169,7 +171,7 @@ def _wait(what: str, ok: Callable[[], Any], timeout: float, procs: list[subproce
             return value
         for p in procs:
             assert p.poll() is None or p.returncode == 0, (
-                f"a worker exited with {p.returncode} while waiting for {what}"
+                f"a worker exited with {p.returncode} while waiting for {what}" + _log_tail(p)
             )
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
@@ -202,9 +204,19 @@ def _runs(stack: Stack, name: str) -> list[Any]:
     return client.search_runs([experiment.experiment_id], query)
 
 
+def _log_tail(p: subprocess.Popen[str], lines: int = 60) -> str:
+    """The last lines of a worker's log (its stdout file), for a failure message."""
+    name = getattr(p, "log_path", None)
+    try:
+        text = Path(str(name)).read_text() if name else ""
+    except OSError:
+        return ""
+    return "\n--- worker log (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
 def _wait_all(procs: list[subprocess.Popen[str]], timeout: float) -> None:
     for p in procs:
-        assert p.wait(timeout) == 0, f"worker exited with {p.returncode}"
+        assert p.wait(timeout) == 0, f"worker exited with {p.returncode}" + _log_tail(p)
 
 
 def test_three_workers_share_one_study_and_meet_its_budget_with_no_trial_lost_or_duplicated(stack: Stack) -> None:

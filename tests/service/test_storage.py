@@ -104,3 +104,117 @@ def test_heartbeat_settings_are_validated() -> None:
         Settings.from_env({"IRNN_SEARCH_HEARTBEAT_S": "10", "IRNN_SEARCH_GRACE_S": "5"})
     with pytest.raises(ValueError, match="HEARTBEAT_S must be an integer"):
         Settings.from_env({"IRNN_SEARCH_HEARTBEAT_S": "soon"})
+
+
+def _running_trial(storage: ResilientRDBStorage, name: str) -> tuple[optuna.Study, int]:
+    study = optuna.create_study(study_name=name, storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    return study, trial._trial_id
+
+
+def test_no_trial_is_declared_stale_right_after_an_outage_nor_one_this_process_beats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the server is down nobody's heartbeat is written: once it is back, a janitor must give
+    live workers a grace period to beat again before it fails their trials."""
+    import time
+
+    from irnn_search.service import storage as storage_module
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    beater = ResilientRDBStorage(url, heartbeat_interval=1, grace_period=1)
+    study, tid = _running_trial(beater, "outage")
+    time.sleep(2.2)  # the heartbeat in the database is now older than the grace period
+    other = ResilientRDBStorage(url, heartbeat_interval=1, grace_period=1)
+    assert other._get_stale_trial_ids(study._study_id) == [tid], "a silent trial of another process is stale"
+    assert beater._get_stale_trial_ids(study._study_id) == [tid], "a beat older than the grace period is no proof"
+
+    # the beater's heartbeat call is stuck retrying (the server is down for it): its trial is alive to it
+    release = threading.Event()
+    monkeypatch.setattr(storage_module, "_record_heartbeat", lambda self, trial_id: release.wait(10))
+    beat = threading.Thread(target=beater.record_heartbeat, args=(tid,))
+    beat.start()
+    try:
+        time.sleep(0.1)
+        assert beater._get_stale_trial_ids(study._study_id) == [], "this process's own trial is not stale to it"
+    finally:
+        release.set()
+        beat.join(10)
+    assert beater._get_stale_trial_ids(study._study_id) == [], "nor right after its last beat"
+
+    other._outage(sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")), None)
+    assert other._get_stale_trial_ids(study._study_id) == [], "nothing is stale during an outage"
+    other._recovered()
+    assert other._get_stale_trial_ids(study._study_id) == [], "nor within grace + heartbeat of its end"
+    time.sleep(other._quiet_s() + 0.1)
+    assert other._get_stale_trial_ids(study._study_id) == [tid]
+
+
+def test_a_trial_failed_by_another_workers_janitor_does_not_stop_the_worker(tmp_path: Path) -> None:
+    from irnn_search.service.search import run_one
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_s=1, grace_s=3)
+    study = optuna.create_study(study_name="taken", storage=storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # a janitor wins
+        trial.report(0.5, 1)  # raises UpdateFinishedTrialError
+        return 0.5
+
+    assert run_one(study, objective) is None
+    assert run_one(study, lambda t: 0.25).value == 0.25  # type: ignore[union-attr]
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_usage_from_narrow_rows_equals_usage_from_frozen_trials(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Budgets and status read six columns per trial in one query; they must count exactly what
+    the ``FrozenTrial`` reading counts (released and surplus trials excluded, best finite value)."""
+    import math
+
+    from irnn_search.service import search
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="rows", storage=open_storage(url, heartbeat_s=None), direction="minimize")
+    study.set_user_attr("launched_at", 0.0)
+    ending = [
+        (optuna.trial.TrialState.COMPLETE, 0.5, None),
+        (optuna.trial.TrialState.COMPLETE, 0.25, "complete"),
+        (optuna.trial.TrialState.PRUNED, None, "diverged"),
+        (optuna.trial.TrialState.FAIL, None, None),  # lost: released, does not count
+        (optuna.trial.TrialState.FAIL, None, "interrupted"),  # released
+        (optuna.trial.TrialState.FAIL, None, "failed"),  # counts
+        (optuna.trial.TrialState.PRUNED, None, "surplus"),  # never trained
+        (optuna.trial.TrialState.RUNNING, None, None),
+    ]
+    for state, value, outcome in ending:
+        trial = study.ask()
+        if outcome is not None:
+            trial.set_user_attr("outcome", outcome)
+        if state == optuna.trial.TrialState.COMPLETE:
+            study.tell(trial, value)
+        elif state != optuna.trial.TrialState.RUNNING:
+            study.tell(trial, state=state)
+    study.enqueue_trial({"x": 1.0})
+    study = optuna.load_study(study_name="rows", storage=open_storage(url, heartbeat_s=None))  # a fresh reader
+
+    assert search.trial_rows(study._storage, study._study_id) is not None
+    narrow = search.usage(study)
+    monkeypatch.setattr(search, "trial_rows", lambda storage, study_id: None)
+    full = search.usage(study)
+    assert (narrow.finished, narrow.complete, narrow.pruned, narrow.failed, narrow.running, narrow.waiting) == (
+        4,
+        2,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert (full.finished, full.complete, full.pruned, full.failed, full.running, full.waiting) == (4, 2, 1, 1, 1, 1)
+    assert narrow.best == full.best == 0.25
+    assert math.isclose(narrow.device_hours, full.device_hours, abs_tol=5 / 3600)

@@ -46,7 +46,7 @@ from irnn_search.service.storage import (
     StaleCallback,
     launch_lock,
     open_storage,
-    trial_rows,
+    trial_groups,
 )
 
 if TYPE_CHECKING:
@@ -268,62 +268,69 @@ def _surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
     if model.budget.trials is None:
         return False
     states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    rows = _rows(trial.study)
-    ahead = sum(1 for r in rows if r.number < trial.number and r.state in states and r.counts)
+    ahead = sum(g.count for g in _groups(trial.study, before=trial.number) if g.state in states and g.counts)
     return ahead >= model.budget.trials
 
 
 @dataclass(frozen=True)
-class _Row:
-    number: int
+class _Group:
     state: TrialState
-    seconds: float  # wall time so far (running) or in all (finished); 0 before it starts
+    count: int
+    seconds: float  # wall time of its trials: in all (finished) or so far (running)
     counts: bool  # against the budget (not released, not surplus)
-    value: float | None  # finite objective of a complete trial
+    best: float | None  # best finite objective among its complete trials
 
 
-def _rows(study: optuna.Study) -> list[_Row]:
-    """The study's trials for budget accounting: one narrow query on an RDB storage (see
-    ``storage.trial_rows``), else from ``FrozenTrial`` objects."""
-    import datetime as dt
-
-    rows = trial_rows(study._storage, study._study_id)
-    out: list[_Row] = []
-    if rows is not None:
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # Optuna stores naive UTC
-        for number, state, start, end, outcome, value in rows:
-            seconds = 0.0 if start is None else max(0.0, ((end or now) - start).total_seconds())
-            is_released = state == TrialState.FAIL and outcome in (None, "interrupted")
-            counts = not is_released and outcome != "surplus"
-            out.append(_Row(number, state, seconds, counts, value if state == TrialState.COMPLETE else None))
-        return out
-    now_ts = time.time()
+def _groups(study: optuna.Study, *, before: int | None = None) -> list[_Group]:
+    """The study's trials for budget accounting, by state and outcome: one aggregate query on an
+    RDB storage (``storage.trial_groups``), else from ``FrozenTrial`` objects."""
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    groups = trial_groups(study._storage, study._study_id, before=before)
+    if groups is not None:
+        now = time.time()
+        return [
+            _Group(
+                g.state,
+                g.count,
+                g.finished_s + max(0.0, g.open_count * now - g.open_start_s),
+                not (g.state == TrialState.FAIL and g.outcome in (None, "interrupted")) and g.outcome != "surplus",
+                (g.low if minimize else g.high) if g.state == TrialState.COMPLETE else None,
+            )
+            for g in groups
+        ]
+    now = time.time()
+    out: list[_Group] = []
     for t in study.get_trials(deepcopy=False):
+        if before is not None and t.number >= before:
+            continue
         seconds = 0.0
         if t.datetime_start is not None:
-            finished_ts = t.datetime_complete.timestamp() if t.datetime_complete else now_ts
+            finished_ts = t.datetime_complete.timestamp() if t.datetime_complete else now
             seconds = max(0.0, finished_ts - t.datetime_start.timestamp())
-        value = t.value if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) else None
-        out.append(_Row(t.number, t.state, seconds, _counts_against_budget(t), value))
+        finite = t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        out.append(_Group(t.state, 1, seconds, _counts_against_budget(t), t.value if finite else None))
     return out
 
 
 def usage(study: optuna.Study) -> Usage:
     now = time.time()
-    rows = _rows(study)
-    state = [r.state for r in rows if r.counts]
-    values = [r.value for r in rows if r.value is not None]
+    groups = _groups(study)
+    counted: dict[TrialState, int] = {}
+    for g in groups:
+        if g.counts:
+            counted[g.state] = counted.get(g.state, 0) + g.count
+    values = [g.best for g in groups if g.best is not None]
     best = None
     if values:
         best = (min if study.direction == optuna.study.StudyDirection.MINIMIZE else max)(values)
     return Usage(
-        finished=sum(s in FINISHED for s in state),
-        complete=state.count(TrialState.COMPLETE),
-        pruned=state.count(TrialState.PRUNED),
-        failed=state.count(TrialState.FAIL),
-        running=state.count(TrialState.RUNNING),
-        waiting=state.count(TrialState.WAITING),
-        device_hours=sum(r.seconds for r in rows) / 3600,
+        finished=sum(counted.get(s, 0) for s in FINISHED),
+        complete=counted.get(TrialState.COMPLETE, 0),
+        pruned=counted.get(TrialState.PRUNED, 0),
+        failed=counted.get(TrialState.FAIL, 0),
+        running=counted.get(TrialState.RUNNING, 0),
+        waiting=counted.get(TrialState.WAITING, 0),
+        device_hours=sum(g.seconds for g in groups) / 3600,
         elapsed_s=now - float(study.user_attrs.get("launched_at", now)),
         best=best,
     )

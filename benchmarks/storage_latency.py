@@ -5,10 +5,11 @@ really use (``irnn_search.service.storage.open_storage``: the retrying ``RDBStor
 pre-ping, heartbeats on, wrapped in Optuna's ``_CachedStorage`` by ``load_study``), with the
 sampler and pruner of ``studies/pmnist.toml`` (TPE with constant liar, ASHA) and the model ``irnn``
 sampled by the real ``irnn_search.search.space.suggest``. Per trial, in the order of our worker
-loop (``service.search._loop``) and of ``Study.optimize``:
+loop (``service.search._loop`` and ``run_one``):
 
 - ``usage``          ``service.search.usage(study)``: the budget check before each pick (reads every trial)
-- ``stale sweep``    ``optuna.storages.fail_stale_trials``: ``optimize`` runs it before each trial
+- ``janitor sweep``  ``optuna.storages.fail_stale_trials``: the worker's janitor thread runs it every
+                     heartbeat interval (10 s), so once per 10-s trial; timed here in line
 - ``ask``            ``study.ask()``: creates the trial row
 - ``surplus check``  ``service.search._surplus``: the objective's first read (every trial again)
 - ``suggest``        ``space.suggest``: the sampler (TPE's CPU) plus one write per parameter
@@ -84,7 +85,7 @@ HEARTBEAT_S, GRACE_S = 10, 30  # the workers' defaults (service.storage)
 TRIAL_S = 10.0  # the trial length the overhead goal is stated against
 OPS = (
     "usage",
-    "stale sweep",
+    "janitor sweep",
     "ask",
     "surplus check",
     "suggest",
@@ -185,7 +186,7 @@ def run_trial(
     gate = PruneGate(pruner_spec())
     with timer("usage"):
         usage(study)
-    with timer("stale sweep"), warnings.catch_warnings():
+    with timer("janitor sweep"), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     with timer("ask"):

@@ -24,6 +24,7 @@ SQLite (the embedded default) is local and has no restarts: it gets no retries a
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import logging
@@ -100,6 +101,8 @@ class ResilientRDBStorage(RDBStorage):
         self._recovered_at: float | None = None
         # trial id -> monotonic time of this process's last heartbeat call for it (inf while in flight)
         self._beating: dict[int, float] = {}
+        # trial id -> the FrozenTrial this process just created, for the one read that follows
+        self._fresh: dict[int, FrozenTrial] = {}
         super().__init__(url, **kwargs)
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -110,6 +113,30 @@ class ResilientRDBStorage(RDBStorage):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._outage_lock = threading.Lock()
+        self._fresh = {}
+
+    # -- the new trial, read back once without a query --------------------------------------------
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Optuna's, remembering a blank new trial for the read ``study.ask()`` makes next.
+
+        ``ask`` creates the trial and at once reads it back whole (``Trial.__init__`` calls
+        ``get_trial``): 1 + 5 queries and a commit, for a trial that has no params, values or
+        attributes yet and that this process alone knows. That first read is served from here;
+        any write to the trial before it forgets the copy, and a later read goes to the database.
+        """
+        frozen: FrozenTrial = _create_new_trial(self, study_id, template_trial)
+        if template_trial is None:
+            if len(self._fresh) > 64:  # created and never read (an ask that failed): keep it bounded
+                self._fresh.clear()
+            self._fresh[frozen._trial_id] = copy.deepcopy(frozen)
+        return frozen
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        fresh = self._fresh.pop(trial_id, None)
+        if fresh is not None:
+            return fresh
+        trial: FrozenTrial = _get_trial(self, trial_id)
+        return trial
 
     def _outage(self, error: BaseException, deadline: float | None) -> float:
         with self._outage_lock:
@@ -284,13 +311,32 @@ def _trial_groups(backend: RDBStorage, study_id: int, before: int | None = None)
 _NOT_WRAPPED = ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback")
 #: private methods Optuna's own cache layer (``_CachedStorage``) calls on its backend
 _PRIVATE_CALLED = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids")
-_OWN = ("record_heartbeat", "_get_stale_trial_ids")  # defined on the class; they call the retrying originals
+#: defined on the class; they call the retrying originals
+_OWN = ("record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "get_trial")
+
+
+def _forgetting(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A write to a trial: the remembered new copy of it (``_create_new_trial``) is out of date."""
+
+    @functools.wraps(fn)
+    def write(self: ResilientRDBStorage, trial_id: int, *args: Any, **kwargs: Any) -> Any:
+        self._fresh.pop(trial_id, None)
+        return fn(self, trial_id, *args, **kwargs)
+
+    return write
+
+
 for _name, _fn in list(vars(RDBStorage).items()):
     if callable(_fn) and (not _name.startswith("_") or _name in _PRIVATE_CALLED) and _name not in _NOT_WRAPPED + _OWN:
-        setattr(ResilientRDBStorage, _name, _retrying(_fn))
+        wrapped = _retrying(_fn)
+        if _name.startswith(("set_trial_", "_set_trial_")):
+            wrapped = _forgetting(wrapped)
+        setattr(ResilientRDBStorage, _name, wrapped)
 ResilientRDBStorage.trial_groups = _retrying(_trial_groups)  # type: ignore[attr-defined]  # retried like the rest
 _record_heartbeat = _retrying(RDBStorage.record_heartbeat)
 _get_stale_trial_ids = _retrying(RDBStorage._get_stale_trial_ids)
+_create_new_trial = _retrying(RDBStorage._create_new_trial)
+_get_trial = _retrying(RDBStorage.get_trial)
 
 
 def open_storage(

@@ -231,3 +231,44 @@ def test_usage_from_one_aggregate_query_equals_usage_from_frozen_trials(
     assert narrow.best == full.best == 0.25
     assert narrow.device_hours * 3600 > 1.2
     assert math.isclose(narrow.device_hours * 3600, full.device_hours * 3600, abs_tol=0.5)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_ask_reads_its_new_trial_without_a_query_and_a_write_forgets_the_copy(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from sqlalchemy import event
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
+    ours = ResilientRDBStorage(url)
+    plain = optuna.storages.RDBStorage(url)
+    statements = {"n": 0}
+
+    def count(*_: object) -> None:
+        statements["n"] += 1
+
+    asked: dict[str, int] = {}
+    studies = {}
+    for name, storage in (("ours", ours), ("plain", plain)):
+        event.listen(storage.engine, "before_cursor_execute", count)
+        studies[name] = study = optuna.create_study(study_name=f"fresh-{name}", storage=storage)
+        study.tell(study.ask(), 1.0)  # a finished trial, so both reads have rows to fetch
+        statements["n"] = 0
+        trial = study.ask()
+        asked[name] = statements["n"]
+        # what ask handed the trial is what the database holds
+        assert trial._cached_frozen_trial == plain.get_trial(trial._trial_id)
+    assert asked["ours"] <= asked["plain"] - 6, f"the new trial's read-back was not skipped: {asked}"
+    assert not ours._fresh, "the copy serves one read only"
+
+    # a write before the read: the read goes to the database
+    tid = ours._create_new_trial(studies["ours"]._study_id)._trial_id
+    ours.set_trial_user_attr(tid, "lineage", 7)
+    assert ours.get_trial(tid).user_attrs == {"lineage": 7}
+    tid = ours._create_new_trial(studies["ours"]._study_id)._trial_id
+    ours.set_trial_param(tid, "x", 0.5, optuna.distributions.FloatDistribution(0, 1))
+    assert ours.get_trial(tid).params == {"x": 0.5}
+    # a template (enqueued) trial is never kept: it is read from the database
+    ours._create_new_trial(studies["ours"]._study_id, plain.get_trial(tid))
+    assert not ours._fresh

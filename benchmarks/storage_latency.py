@@ -7,11 +7,12 @@ sampler and pruner of ``studies/pmnist.toml`` (TPE with constant liar, ASHA) and
 sampled by the real ``irnn_search.search.space.suggest``. Per trial, in the order of our worker
 loop (``service.search._loop`` and ``run_one``):
 
-- ``usage``          ``service.search.usage(study)``: the budget check before each pick (reads every trial)
+- ``usage``          ``service.search.usage(study)``: the budget check before each pick (one
+                     aggregate query by state and outcome)
 - ``janitor sweep``  ``optuna.storages.fail_stale_trials``: the worker's janitor thread runs it every
                      heartbeat interval (10 s), so once per 10-s trial; timed here in line
 - ``ask``            ``study.ask()``: creates the trial row
-- ``surplus check``  ``service.search._surplus``: the objective's first read (every trial again)
+- ``surplus check``  ``service.search._surplus``: the objective's first read (the same query)
 - ``suggest``        ``space.suggest``: the sampler (TPE's CPU) plus one write per parameter
 - ``heartbeat``      ``storage.record_heartbeat`` (once per trial, as a 10-s trial does)
 - ``report``         ``trial.report(value, step)``, ``--reports`` times
@@ -487,7 +488,7 @@ def growth(url: str, sizes: list[int], trials: int, reports: int) -> list[dict[s
     for size in sorted(sizes):
         fill_s = prefill(url, name, model, size - have, rng)
         cold = []
-        for _ in range(3):  # a freshly started worker's first usage(): every trial from the server
+        for _ in range(3):  # a freshly started worker's first usage(): nothing cached yet
             study, storage = load(url, name, spec, stream=0)
             t0 = time.perf_counter()
             usage(study)

@@ -170,3 +170,65 @@ def test_a_family_that_cannot_be_packed_runs_one_trial_at_a_time_with_a_log_line
     assert ran == 2
     assert usage(study).finished == 2
     assert any("one trial at a time" in r.message and "nnrnn" in r.message for r in caplog.records)
+
+
+def test_a_member_taken_over_by_another_janitor_leaves_the_pack_and_the_others_finish(
+    tmp_path: Path, stores: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker's janitor fails one member's trial mid-run (its heartbeats did not reach the
+    storage for a grace period): that member stops quietly (run KILLED, our row ``lost``), the
+    worker does not crash, the others finish, and the budget is still met by a new trial."""
+    tracker = Tracker(stores["mlflow"])
+    ledger = Ledger(stores["db"], auto_upgrade=True)
+    study = _open(tmp_path, stores, "taken", steps=600, trials=3, tracker=tracker)
+    ledger.record_launch(load_spec(tmp_path / "taken.toml"), {"irnn": study})
+    for p in PARAMS[:3]:
+        study.enqueue_trial(p)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["ran"] = work(
+                {study.study_name: study},
+                checkpoint_root=tmp_path / "c",
+                stop=threading.Event(),
+                tracker=tracker,
+                ledger=ledger,
+                pack=3,
+            )
+        except BaseException as exc:  # the assertion below reports it
+            outcome["error"] = exc
+
+    janitor = optuna.storages.RDBStorage(stores["storage"])  # another worker's connection
+    sid = janitor.get_study_id_from_name(study.study_name)
+    with caplog.at_level(logging.WARNING):
+        worker = threading.Thread(target=run)
+        worker.start()
+        victim = None
+        for _ in range(600):  # until a member has reported, so it is mid-training
+            running = [t for t in janitor.get_all_trials(sid) if t.state == TrialState.RUNNING]
+            if len(running) == 3 and running[0].intermediate_values:
+                victim = running[0]
+                break
+            worker.join(0.05)
+        assert victim is not None, "the pack never had three members reporting"
+        janitor.set_trial_state_values(victim._trial_id, TrialState.FAIL)  # what fail_stale_trials does
+        worker.join(300)
+    assert not worker.is_alive()
+    assert "error" not in outcome, f"the worker crashed: {outcome.get('error')!r}"
+
+    trials = {t.number: t for t in study.trials}
+    assert trials[victim.number].state == TrialState.FAIL
+    assert max(trials[victim.number].intermediate_values) < 600, "the taken member stopped early"
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and victim.number not in {t.number for t in complete}
+    assert any("taken over" in r.message and f"trial {victim.number}" in r.message for r in caplog.records)
+
+    engine = make_engine(stores["db"])
+    with engine.connect() as c:
+        rows = list(c.execute(text("SELECT trial_number, outcome, mlflow_run_id FROM irnn_trial_runs")))
+    engine.dispose()
+    lost = [r for r in rows if r[0] == victim.number]
+    assert len(lost) == 1 and lost[0][1] == "lost"
+    assert MlflowClient(stores["mlflow"]).get_run(lost[0][2]).info.status == "KILLED"
+    assert sorted(r[1] for r in rows) == ["complete"] * 3 + ["lost"]

@@ -11,9 +11,10 @@ The maths is the members' own, step for step: the same bias sums, gate order (in
 cell, output), nonlinearities and parametrizations, so a packed member follows the same
 trajectory as the model trained alone up to float rounding (tests check 1e-5).
 
-The Elman families (irnn, rnn, and rnn-orth with tanh) and the LSTM run a hand-written backward
-by default (``irnn_search.packed.scan``): the recurrent weight's gradient in one ``bmm`` over all T steps
-instead of one small ``bmm`` per step, which sums in another order, so they match ``train()`` to
+Every packed family runs a hand-written backward of its time loop by default
+(``irnn_search.packed.scan``): the recurrent weight's gradient in one ``bmm`` over all T steps
+instead of one small ``bmm`` per step (for expRNN and Cayley autograd then carries it through
+the matrix map, once per forward). It sums in another order, so members match ``train()`` to
 float rounding (tests: 1e-5 relative). With ``fused_backward=False`` autograd differentiates the
 step-by-step loop, and on CPU the packed updates and gradients are then bit-identical to
 ``train()``'s for the Elman and orthogonal families; the LSTM alone runs oneDNN's fused kernel,
@@ -131,7 +132,7 @@ def _elman(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, Stat
 
 def _elman_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
     proj = _project_members_first(x, p["w_ih"], p["b_ih"] + p["b_hh"])
-    return elman_scan(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], variant == ("relu",), ws)
+    return elman_scan(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], "relu" if variant == ("relu",) else "tanh", ws)
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
@@ -193,9 +194,12 @@ def _rnn_orth(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, S
     return _loop(proj, _zeros(x, p["w_rec"].shape[-1]), p["w_rec"], _act(p, variant))
 
 
-def _rnn_orth_tanh_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
+def _rnn_orth_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
     proj = _project_members_first(x, p["w_in"], p.get("b_in"))
-    return elman_scan(proj, _zeros(x, p["w_rec"].shape[-1]), p["w_rec"], False, ws)
+    h0 = _zeros(x, p["w_rec"].shape[-1])
+    if "modrelu" in variant:
+        return elman_scan(proj, h0, p["w_rec"], "modrelu", ws, act_b=p["act_b"])
+    return elman_scan(proj, h0, p["w_rec"], "tanh", ws)
 
 
 # -- expRNN / Cayley: constrained (skew parameter, lr_orth) ----------------------------------------
@@ -217,6 +221,15 @@ def _orthogonal(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor,
     return _loop(proj, _zeros(x, B.shape[-1]), B, _act(p, ("modrelu",)))
 
 
+def _orthogonal_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
+    """``_orthogonal`` with the fused scan: autograd differentiates only the matrix's map (once
+    per forward) and the input projection; the scan hands it ``dB`` in one ``bmm``."""
+    S = skew(p["skew"])
+    B = torch.linalg.matrix_exp(S) if variant[0] == "exp" else cayley_map(S)
+    proj = _project_members_first(x, p["w_in"], None)
+    return elman_scan(proj, _zeros(x, B.shape[-1]), B, "modrelu", ws, act_b=p["act_b"])
+
+
 def _orth_variant(model: RecurrentModel) -> tuple[Any, ...]:
     return ("exp" if model.family == "exprnn" else "cayley",)
 
@@ -230,10 +243,10 @@ FAMILIES: dict[str, PackedFamily] = {
         _rnn_orth_params,
         _rnn_orth,
         _rnn_orth_variant,
-        lambda v: _rnn_orth_tanh_fused if v == ("tanh",) else None,
+        lambda v: _rnn_orth_fused if v in (("tanh",), ("modrelu",)) else None,
     ),
-    "exprnn": PackedFamily("exprnn", _orth_params, _orthogonal, _orth_variant),
-    "cayley": PackedFamily("cayley", _orth_params, _orthogonal, _orth_variant),
+    "exprnn": PackedFamily("exprnn", _orth_params, _orthogonal, _orth_variant, lambda v: _orthogonal_fused),
+    "cayley": PackedFamily("cayley", _orth_params, _orthogonal, _orth_variant, lambda v: _orthogonal_fused),
 }
 
 

@@ -21,7 +21,7 @@ so members match ``train()`` to float rounding (tests: 1e-5 relative), not bit f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -54,26 +54,58 @@ def _buffer(workspace: Workspace | None, role: str, like: Tensor, *shape: int) -
     return buf
 
 
-def _act_backward(grad: Tensor, h: Tensor, relu: bool, out: Tensor) -> Tensor:
-    """``grad ⊙ act'(a)`` from the activation's output ``h`` (relu: h > 0; tanh: 1 - h²), into ``out``."""
-    if relu:
+#: The activations the fused Elman scan runs: ``modrelu`` is ``sign(a) · relu(|a| + b)`` with a
+#: per-member bias ``b`` (``irnn_search.models.modrelu``), the nonlinearity of expRNN and Cayley.
+Activation = Literal["relu", "tanh", "modrelu"]
+
+
+def _act_forward(a: Tensor, act: Activation, b: Tensor | None, sign: Tensor | None, out: Tensor) -> None:
+    """``out = act(a)``; ``a`` (a scratch block) may be overwritten. modReLU computes exactly
+    ``modrelu(a, b)``'s ops in its order: ``sign(a) * relu(|a| + b)``."""
+    if act == "relu":
+        torch.clamp_min(a, 0, out=out)
+    elif act == "tanh":
+        torch.tanh(a, out=out)
+    else:
+        assert b is not None and sign is not None
+        torch.sign(a, out=sign)
+        torch.mul(sign, a.abs_().add_(b).clamp_min_(0), out=out)
+
+
+def _act_backward(grad: Tensor, h: Tensor, act: Activation, out: Tensor) -> Tensor:
+    """``grad ⊙ act'(a)`` from the activation's output ``h``, into ``out``: relu ``h > 0``, tanh
+    ``1 - h²``, modReLU ``h ≠ 0`` (its slope is 1 where it is active, and it is active exactly
+    where its output is non-zero; at ``a = 0`` both its output and autograd's slope are 0)."""
+    if act == "relu":
         return torch.ops.aten.threshold_backward.grad_input(grad, h, 0, grad_input=out)
-    return torch.ops.aten.tanh_backward.grad_input(grad, h, grad_input=out)
+    if act == "tanh":
+        return torch.ops.aten.tanh_backward.grad_input(grad, h, grad_input=out)
+    return torch.mul(grad, h != 0, out=out)
 
 
 class ElmanScan(torch.autograd.Function):
     """``h_t = act(proj_t + h_{t-1} W_hhᵀ)`` for K members at once, with a fused backward.
 
     Inputs: ``proj`` [K, T, B, H] (inputs already projected, biases added), ``h0`` [K, B, H],
-    ``w_hh`` [K, H, H], ``relu`` (else tanh). Outputs: every hidden state, time-major
-    [T, K, B, H] (a view of a members-first buffer), and the last state [K, B, H].
+    ``w_hh`` [K, H, H], ``act_b`` [K, H] (modReLU's bias; None for relu and tanh), ``act``.
+    Outputs: every hidden state, time-major [T, K, B, H] (a view of a members-first buffer), and
+    the last state [K, B, H]. modReLU's bias gets its gradient in one reduction over all T·B,
+    ``db = Σ da ⊙ sign(h)``.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, workspace: Workspace | None
+        ctx: Any,
+        proj: Tensor,
+        h0: Tensor,
+        w_hh: Tensor,
+        act_b: Tensor | None,
+        act: Activation,
+        workspace: Workspace | None,
     ) -> tuple[Tensor, Tensor]:
         K, T, B, H = proj.shape
+        if (act == "modrelu") != (act_b is not None):
+            raise ValueError(f"act_b is modReLU's bias: give it for 'modrelu' only (act={act!r})")
         buf = _buffer(workspace, "h", proj, K, T + 1, B, H)
         buf[:, 0] = h0
         w_t = w_hh.mT.contiguous()  # a dense right operand: bmm runs ~1.5x faster than on the view
@@ -81,17 +113,16 @@ class ElmanScan(torch.autograd.Function):
         # falls back to K single matmuls), so each step lands in a dense scratch block and the
         # activation writes it into the buffer.
         scratch = proj.new_empty(K, B, H)
+        b = act_b.unsqueeze(1) if act_b is not None else None  # [K, 1, H] against [K, B, H]
+        sign = proj.new_empty(K, B, H) if act == "modrelu" else None
         hs_t, proj_t = buf.unbind(1), proj.unbind(1)  # views made once, not per step
         for t in range(T):
             torch.baddbmm(proj_t[t], hs_t[t], w_t, out=scratch)
-            if relu:
-                torch.clamp_min(scratch, 0, out=hs_t[t + 1])
-            else:
-                torch.tanh(scratch, out=hs_t[t + 1])
+            _act_forward(scratch, act, b, sign, hs_t[t + 1])
         # Saved and returned as views: a view holds the storage (the workspace counts its users by
         # storage), where the buffer tensor itself, saved or returned, would not count.
         ctx.save_for_backward(buf.view(buf.shape), w_hh)
-        ctx.relu, ctx.workspace = relu, workspace
+        ctx.act, ctx.workspace = act, workspace
         ctx.set_materialize_grads(False)
         hs = buf[:, 1:]
         return hs.transpose(0, 1), hs[:, -1].clone()
@@ -115,7 +146,7 @@ class ElmanScan(torch.autograd.Function):
                     dh = torch.bmm(da_t[t + 1], w_hh, out=scratch)
             elif g_t is not None:
                 dh = dh + g_t[t]
-            _act_backward(dh, hs_t[t + 1], ctx.relu, da_t[t])
+            _act_backward(dh, hs_t[t + 1], ctx.act, da_t[t])
         flat_da = da.view(K, T * B, H)
         d_proj = da.view(da.shape) if ctx.needs_input_grad[0] else None
         d_h0 = torch.bmm(da[:, 0], w_hh) if ctx.needs_input_grad[1] else None
@@ -123,18 +154,28 @@ class ElmanScan(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             h_prev = buf[:, :T].reshape(K, T * B, H)  # a view: slot t holds h_{t-1}
             d_w = torch.bmm(flat_da.mT, h_prev)
-        return d_proj, d_h0, d_w, None, None
+        d_b = None
+        if ctx.needs_input_grad[3]:
+            # modReLU's bias: ∂h/∂b = sign(a) where active, = sign(h) (0 where inactive)
+            d_b = torch.sign(buf[:, 1:]).mul_(da).sum(dim=(1, 2))
+        return d_proj, d_h0, d_w, d_b, None, None
 
 
 def elman_scan(
-    proj: Tensor, h0: Tensor, w_hh: Tensor, relu: bool, workspace: Workspace | None = None
+    proj: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    act: Activation,
+    workspace: Workspace | None = None,
+    act_b: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``ElmanScan.apply``: all hidden states [T, K, B, H] and the last one [K, B, H].
 
+    ``act``: ``relu``, ``tanh`` or ``modrelu`` (then ``act_b`` [K, H] is its bias).
     ``workspace``: a dict the caller keeps across calls, to reuse the big buffers (the saved
     hidden states and the backward's ``da``) instead of allocating them every step.
     """
-    hs, last = ElmanScan.apply(proj, h0, w_hh, relu, workspace)
+    hs, last = ElmanScan.apply(proj, h0, w_hh, act_b, act, workspace)
     return hs, last
 
 

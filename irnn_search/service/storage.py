@@ -2,7 +2,7 @@
 
 - **Few connections.** Each worker process holds at most 3 connections to Optuna's database (main
   thread, Optuna's heartbeat thread, our janitor thread share one small pool: ``pool_size=1``,
-  ``max_overflow=2``), plus 1 to ours; 16 workers stay far below PostgreSQL's default
+  ``max_overflow=2``), plus at most 2 to ours; 16 workers stay below PostgreSQL's default
   ``max_connections`` of 100. Connections are pre-pinged and recycled, so a restarted server is
   reconnected to on the next use. Workers are spawned, never forked, so no connection is shared
   between processes.

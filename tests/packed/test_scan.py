@@ -6,79 +6,106 @@ from __future__ import annotations
 import pytest
 import torch
 
+from irnn_search.models.modrelu import modrelu
 from irnn_search.packed.families import _loop
 from irnn_search.packed.scan import Workspace, elman_scan, lstm_scan
 
 
-def _inputs(relu: bool, dtype: torch.dtype = torch.float64, K: int = 3, T: int = 5, B: int = 2, H: int = 4):
-    g = torch.Generator().manual_seed(1 if relu else 2)
+def _inputs(act: str, dtype: torch.dtype = torch.float64, K: int = 3, T: int = 5, B: int = 2, H: int = 4):
+    g = torch.Generator().manual_seed(ACTS.index(act) + 1)
     proj = torch.randn(K, T, B, H, dtype=dtype, generator=g)
     h0 = torch.randn(K, B, H, dtype=dtype, generator=g)
     w = torch.randn(K, H, H, dtype=dtype, generator=g) / H**0.5
-    return [t.requires_grad_() for t in (proj, h0, w)]
+    # modReLU's bias: some units shut (|a| < -b), as in training; None for relu and tanh
+    b = (torch.rand(K, H, dtype=dtype, generator=g) - 0.7) if act == "modrelu" else None
+    return [t.requires_grad_() if t is not None else None for t in (proj, h0, w, b)]
 
 
-@pytest.mark.parametrize("relu", [True, False])
+ACTS = ["relu", "tanh", "modrelu"]
+
+
+def _reference_act(act: str, b: torch.Tensor | None):
+    if act == "modrelu":
+        assert b is not None
+        return lambda z: modrelu(z, b.unsqueeze(1))
+    return torch.relu if act == "relu" else torch.tanh
+
+
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("output", ["both", "all", "last"])
 @pytest.mark.parametrize("workspace", [None, {}])
-def test_gradcheck_float64(relu: bool, output: str, workspace: Workspace | None) -> None:
-    def f(proj: torch.Tensor, h0: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hs, last = elman_scan(proj, h0, w, relu, workspace)
+def test_gradcheck_float64(act: str, output: str, workspace: Workspace | None) -> None:
+    proj, h0, w, b = _inputs(act)
+
+    def f(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hs, last = elman_scan(xs[0], xs[1], xs[2], act, workspace, act_b=xs[3] if len(xs) > 3 else None)  # type: ignore[arg-type]
         return {"both": (hs, last), "all": (hs,), "last": (last,)}[output]
 
-    assert torch.autograd.gradcheck(f, tuple(_inputs(relu)))
+    assert torch.autograd.gradcheck(f, tuple(t for t in (proj, h0, w, b) if t is not None))
 
 
-@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_forward_and_gradients_equal_autograd_of_the_step_by_step_loop(relu: bool, dtype: torch.dtype) -> None:
-    proj, h0, w = _inputs(relu, dtype, K=4, T=30, B=6, H=20)
+def test_forward_and_gradients_equal_autograd_of_the_step_by_step_loop(act: str, dtype: torch.dtype) -> None:
+    proj, h0, w, b = _inputs(act, dtype, K=4, T=30, B=6, H=20)
+    leaves = [t for t in (proj, h0, w, b) if t is not None]
     weights = torch.randn(30, 4, 6, 20, dtype=dtype)  # a readout of every step, and one of the last state
-    hs, last = elman_scan(proj, h0, w, relu, {})
+    hs, last = elman_scan(proj, h0, w, act, {}, act_b=b)  # type: ignore[arg-type]
     ((hs * weights).sum() + last.square().sum()).backward()
-    ours = [t.grad.clone() for t in (proj, h0, w)]  # type: ignore[union-attr]
-    for t in (proj, h0, w):
+    ours = [t.grad.clone() for t in leaves]  # type: ignore[union-attr]
+    for t in leaves:
         t.grad = None
 
-    ref_hs, ref_last = _loop(proj.transpose(0, 1), h0, w, torch.relu if relu else torch.tanh)
+    ref_hs, ref_last = _loop(proj.transpose(0, 1), h0, w, _reference_act(act, b))
     ((ref_hs * weights).sum() + ref_last.square().sum()).backward()
     # Same maths, other summation order: float32 agrees to rounding, float64 to ~1e-12.
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     torch.testing.assert_close(hs, ref_hs, **tol)
     torch.testing.assert_close(last, ref_last, **tol)
-    for mine, theirs in zip(ours, (proj.grad, h0.grad, w.grad), strict=True):
+    for mine, leaf in zip(ours, leaves, strict=True):
+        theirs = leaf.grad
         assert theirs is not None
         scale = float(theirs.abs().max())
         torch.testing.assert_close(mine, theirs, rtol=tol["rtol"], atol=tol["rtol"] * scale)
+    if b is not None:
+        assert (ref_hs == 0).any() and (ref_hs != 0).any(), "modReLU both shut and open somewhere"
+
+
+def test_modrelu_needs_its_bias_and_only_modrelu_takes_one() -> None:
+    proj, h0, w, b = _inputs("modrelu")
+    with pytest.raises(ValueError, match="modReLU's bias"):
+        elman_scan(proj, h0, w, "modrelu")
+    with pytest.raises(ValueError, match="modReLU's bias"):
+        elman_scan(proj, h0, w, "tanh", act_b=b)
 
 
 def test_the_workspace_is_reused_only_when_nothing_holds_its_buffers() -> None:
-    proj, h0, w = (t.detach() for t in _inputs(True, torch.float32))  # no graph: outputs alone hold buffers
+    proj, h0, w = (t.detach() for t in _inputs("relu", torch.float32)[:3])  # no graph: outputs alone hold buffers
     ws: Workspace = {}
-    kept, _ = elman_scan(proj, h0, w, True, ws)  # an output still held: its buffer stays its own
+    kept, _ = elman_scan(proj, h0, w, "relu", ws)  # an output still held: its buffer stays its own
     snapshot = kept.detach().clone()
-    other, _ = elman_scan(2 * proj, h0, w, True, ws)
+    other, _ = elman_scan(2 * proj, h0, w, "relu", ws)
     torch.testing.assert_close(kept, snapshot, rtol=0, atol=0)
     assert other.data_ptr() != kept.data_ptr()
 
     del kept, other
-    first, _ = elman_scan(proj, h0, w, True, ws)
+    first, _ = elman_scan(proj, h0, w, "relu", ws)
     ptr = first.data_ptr()
     del first  # released: the next call takes the same buffer
-    again, _ = elman_scan(proj, h0, w, True, ws)
+    again, _ = elman_scan(proj, h0, w, "relu", ws)
     assert again.data_ptr() == ptr
     torch.testing.assert_close(again, snapshot, rtol=0, atol=0)
 
 
 def test_a_graph_kept_alive_keeps_its_saved_states_through_later_calls() -> None:
-    proj, h0, w = _inputs(False, torch.float64)
+    proj, h0, w, _ = _inputs("tanh", torch.float64)
     ws: Workspace = {}
-    hs, last = elman_scan(proj, h0, w, False, ws)
+    hs, last = elman_scan(proj, h0, w, "tanh", ws)
     loss = last.sum()
     del hs, last  # only the graph holds the saved states now
-    elman_scan(3 * proj, h0, w, False, ws)  # would overwrite them if reuse ignored the graph
+    elman_scan(3 * proj, h0, w, "tanh", ws)  # would overwrite them if reuse ignored the graph
     (grad_w,) = torch.autograd.grad(loss, [w])
-    _, ref_last = elman_scan(proj, h0, w, False, None)
+    _, ref_last = elman_scan(proj, h0, w, "tanh", None)
     (ref_w,) = torch.autograd.grad(ref_last.sum(), [w])
     torch.testing.assert_close(grad_w, ref_w, rtol=0, atol=0)
 

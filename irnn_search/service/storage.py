@@ -32,14 +32,16 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.storages._rdb import models as _rdb_models  # private, like _CachedStorage: pinned optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 
 from irnn_search.masking import mask_secrets
@@ -101,8 +103,12 @@ class ResilientRDBStorage(RDBStorage):
         self._recovered_at: float | None = None
         # trial id -> monotonic time of this process's last heartbeat call for it (inf while in flight)
         self._beating: dict[int, float] = {}
-        # trial id -> the FrozenTrial this process just created, for the one read that follows
+        # trial id -> the FrozenTrial this process just created or finished, for the one read that follows
         self._fresh: dict[int, FrozenTrial] = {}
+        # trials this process runs (it created them running, or moved them from waiting to running)
+        self._mine: dict[int, None] = {}
+        # trial id -> this process's latest read of its running trial, no write since (``tell``'s base)
+        self._last_read: dict[int, FrozenTrial] = {}
         super().__init__(url, **kwargs)
 
     def __getstate__(self) -> dict[Any, Any]:
@@ -113,7 +119,7 @@ class ResilientRDBStorage(RDBStorage):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._outage_lock = threading.Lock()
-        self._fresh = {}
+        self._fresh, self._mine, self._last_read = {}, {}, {}
 
     # -- the new trial, read back once without a query --------------------------------------------
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
@@ -126,9 +132,8 @@ class ResilientRDBStorage(RDBStorage):
         """
         frozen: FrozenTrial = _create_new_trial(self, study_id, template_trial)
         if template_trial is None:
-            if len(self._fresh) > 64:  # created and never read (an ask that failed): keep it bounded
-                self._fresh.clear()
-            self._fresh[frozen._trial_id] = copy.deepcopy(frozen)
+            self._keep(frozen._trial_id, copy.deepcopy(frozen))
+            self._own(frozen._trial_id)
         return frozen
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
@@ -136,7 +141,49 @@ class ResilientRDBStorage(RDBStorage):
         if fresh is not None:
             return fresh
         trial: FrozenTrial = _get_trial(self, trial_id)
+        if trial_id in self._mine and trial.state == TrialState.RUNNING:
+            self._last_read[trial_id] = trial
         return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        """Optuna's, remembering the finished trial for the read ``study.tell()`` makes next.
+
+        ``tell`` reads the trial, writes its state and values, and reads it whole again to return
+        it: 1 + 5 queries and a commit. When the first read was of a trial this process runs and
+        nothing was written to it since, the second read is that copy with the state, values and
+        completion time just written (the time as the database holds it). Any other read goes to
+        the database.
+        """
+        base = self._last_read.pop(trial_id, None)
+        self._fresh.pop(trial_id, None)
+        written: dict[int, Any] = {}
+        _completion.written = written
+        try:
+            ok = bool(_set_trial_state_values(self, trial_id, state, values))
+        finally:
+            _completion.written = None
+        if ok and state == TrialState.RUNNING:
+            self._own(trial_id)
+        elif state.is_finished():
+            self._mine.pop(trial_id, None)
+            if ok and base is not None and trial_id in written:
+                done = copy.deepcopy(base)
+                done.state = state
+                done.values = None if values is None else [float(v) for v in values]
+                done.datetime_complete = written[trial_id]
+                self._keep(trial_id, done)
+        return ok
+
+    def _keep(self, trial_id: int, frozen: FrozenTrial) -> None:
+        if len(self._fresh) > 64:  # kept and never read (an ask or tell that failed): stay bounded
+            self._fresh.clear()
+        self._fresh[trial_id] = frozen
+
+    def _own(self, trial_id: int) -> None:
+        if len(self._mine) > 1024:  # trials never finished here (a crash between): stay bounded
+            self._mine.clear()
+            self._last_read.clear()
+        self._mine[trial_id] = None
 
     def _outage(self, error: BaseException, deadline: float | None) -> float:
         with self._outage_lock:
@@ -312,15 +359,17 @@ _NOT_WRAPPED = ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback")
 #: private methods Optuna's own cache layer (``_CachedStorage``) calls on its backend
 _PRIVATE_CALLED = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids")
 #: defined on the class; they call the retrying originals
-_OWN = ("record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "get_trial")
+_OWN = ("record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "get_trial", "set_trial_state_values")
 
 
 def _forgetting(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A write to a trial: the remembered new copy of it (``_create_new_trial``) is out of date."""
+    """A write to a trial: the copies of it this process kept (``_fresh``, ``_last_read``) are out
+    of date."""
 
     @functools.wraps(fn)
     def write(self: ResilientRDBStorage, trial_id: int, *args: Any, **kwargs: Any) -> Any:
         self._fresh.pop(trial_id, None)
+        self._last_read.pop(trial_id, None)
         return fn(self, trial_id, *args, **kwargs)
 
     return write
@@ -337,6 +386,28 @@ _record_heartbeat = _retrying(RDBStorage.record_heartbeat)
 _get_stale_trial_ids = _retrying(RDBStorage._get_stale_trial_ids)
 _create_new_trial = _retrying(RDBStorage._create_new_trial)
 _get_trial = _retrying(RDBStorage.get_trial)
+_set_trial_state_values = _retrying(RDBStorage.set_trial_state_values)
+
+
+# The completion time Optuna writes in ``set_trial_state_values`` (``datetime.now()``, stored as
+# naive UTC), caught as it is set on the row, for the copy ``tell`` reads back.
+_completion = threading.local()
+
+
+def _completion_set(target: Any, value: Any, oldvalue: Any, initiator: Any) -> None:
+    written = getattr(_completion, "written", None)
+    if written is None or value is None:
+        return
+    _completion.written = None  # the transient row below sets the same attribute
+    try:
+        row = _rdb_models.TrialModel()  # not in any session: Optuna's own conversion to local time
+        row._datetime_complete_utc = value
+        written[target.trial_id] = row.datetime_complete
+    finally:
+        _completion.written = written
+
+
+sa_event.listen(_rdb_models.TrialModel._datetime_complete_utc, "set", _completion_set)
 
 
 def open_storage(

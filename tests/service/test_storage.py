@@ -272,3 +272,56 @@ def test_ask_reads_its_new_trial_without_a_query_and_a_write_forgets_the_copy(
     # a template (enqueued) trial is never kept: it is read from the database
     ours._create_new_trial(studies["ours"]._study_id, plain.get_trial(tid))
     assert not ours._fresh
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_tell_reads_its_finished_trial_without_a_query_and_equal_to_the_database(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import event
+
+    # Optuna stores naive UTC and reads back local time: a zone other than UTC tests that the
+    # kept copy converts the completion time as a read from the database does
+    monkeypatch.setenv("TZ", "America/St_Johns")  # UTC-3:30 (-2:30 in summer)
+    time.tzset()
+    request.addfinalizer(time.tzset)  # after monkeypatch restores TZ
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
+    ours = ResilientRDBStorage(url)
+    plain = optuna.storages.RDBStorage(url)
+    statements = {"n": 0}
+
+    def count(*_: object) -> None:
+        statements["n"] += 1
+
+    told: dict[str, int] = {}
+    for name, storage in (("ours", ours), ("plain", plain)):
+        event.listen(storage.engine, "before_cursor_execute", count)
+        study = optuna.create_study(study_name=f"tell-{name}", storage=storage)
+        study.enqueue_trial({"x": 0.25})  # created by another process, taken from the queue here
+        for value, state in ((1.5, None), (None, TrialState.PRUNED), (None, TrialState.FAIL), (float("inf"), None)):
+            trial = study.ask()
+            trial.suggest_float("x", 0, 1)
+            trial.report(0.5, 3)
+            trial.set_user_attr("lineage", 7)
+            statements["n"] = 0
+            frozen = study.tell(trial, value, state=state)
+            told[name] = statements["n"]
+            # what tell returned is what the database holds, to the microsecond
+            assert frozen == plain.get_trial(trial._trial_id), (name, value, state)
+            assert frozen.datetime_complete == plain.get_trial(trial._trial_id).datetime_complete
+    assert told["ours"] <= told["plain"] - 6, f"the finished trial's read-back was not skipped: {told}"
+    assert not ours._fresh and not ours._last_read and not ours._mine, "each copy serves one read only"
+
+    # a write between the read and the state: the read after goes to the database
+    study = optuna.load_study(study_name="tell-ours", storage=ours)
+    trial = study.ask()
+    ours.get_trial(trial._trial_id)
+    ours.set_trial_user_attr(trial._trial_id, "late", 1)
+    ours.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [2.0])
+    assert ours.get_trial(trial._trial_id).user_attrs == {"late": 1}
+    # a trial this process does not run (a janitor failing another worker's): never kept
+    other = plain.create_new_trial(study._study_id)
+    ours.get_trial(other)
+    ours.set_trial_state_values(other, TrialState.FAIL)
+    assert not ours._fresh

@@ -508,54 +508,128 @@ def report_cmd(
 
 
 @app.command("status")
-def status_cmd() -> None:
-    """Every study on the configured storage: trials by state, best value, compute used."""
-    from rich.table import Table
+def status_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="print the studies and workers as JSON")] = False,
+    watch: Annotated[
+        float | None, typer.Option(help="redraw every SECONDS until Ctrl-C, like watch(1)", min=0.5)
+    ] = None,
+) -> None:
+    """Every study on the configured storage: trials by state, best value, compute used; the
+    workers alive (from their heartbeats) and what each is running."""
+    if as_json and watch is not None:
+        raise _fail("--json and --watch do not go together: --json prints once, for scripts")
+    settings = _settings()
+    if as_json:
+        print(json.dumps(_status_data(settings), indent=2))
+        return
+    if watch is None:
+        for part in _status_renderables(_status_data(settings)):
+            _console().print(part)
+        return
+    import time
 
+    from rich.console import Group
+    from rich.live import Live
+
+    def frame() -> Group:
+        data = _status_data(settings)
+        stamp = f"[dim]{time.strftime('%H:%M:%S')}, every {watch:g} s; Ctrl-C to stop[/]"
+        return Group(*_status_renderables(data), stamp)
+
+    try:
+        with Live(frame(), console=_console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(watch)
+                live.update(frame(), refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _status_data(settings: Any) -> dict[str, Any]:
+    """What ``status`` shows, as plain data: every study's usage, and the workers alive (None when
+    our experiment database cannot be read)."""
     from irnn_search.service.search import load_studies, usage
 
-    settings = _settings()
     try:
         studies = load_studies(settings.storage_url)
     except Exception as exc:
         raise _storage_error(exc, settings.storage_url) from None
-    if not studies:
-        _console().print("no studies yet: `irnn-search launch <spec>` creates them")
-        return
+    rows = []
+    for name, study in sorted(studies.items()):
+        u = usage(study)
+        rows.append(
+            {
+                "study": name,
+                "task": study.user_attrs.get("task"),
+                "model": study.user_attrs.get("model"),
+                "complete": u.complete,
+                "pruned": u.pruned,
+                "failed": u.failed,
+                "running": u.running,
+                "waiting": u.waiting,
+                "best": u.best,
+                "direction": study.direction.name.lower(),
+                "device_hours": round(u.device_hours, 6),
+            }
+        )
+    workers: list[dict[str, Any]] | None = None
+    if rows:
+        try:
+            alive = _ledger(settings).workers_alive()
+        except typer.Exit:
+            alive = None
+        if alive is not None:
+            workers = [
+                {
+                    "id": w.id,
+                    "host": w.host,
+                    "pid": w.pid,
+                    "device": w.device,
+                    "study": w.current_study.study_name if w.current_study is not None else None,
+                    "trial": w.current_trial_number if w.current_study is not None else None,
+                    "heartbeat_at": w.heartbeat_at.isoformat(),
+                }
+                for w in alive
+            ]
+    return {"studies": rows, "workers": workers}
+
+
+def _status_renderables(data: dict[str, Any]) -> list[Any]:
+    from datetime import datetime
+
+    from rich.table import Table
+
+    if not data["studies"]:
+        return ["no studies yet: `irnn-search launch <spec>` creates them"]
     table = Table(title="studies", title_justify="left")
     table.add_column("study", no_wrap=True)
     for col in ("task", "complete", "pruned", "failed", "running", "waiting", "best", "device-h"):
         table.add_column(col, justify="left" if col == "task" else "right")
-    for name, study in sorted(studies.items()):
-        u = usage(study)
+    for r in data["studies"]:
         table.add_row(
-            name,
-            study.user_attrs.get("task", "?"),
-            str(u.complete),
-            str(u.pruned),
-            str(u.failed),
-            str(u.running),
-            str(u.waiting),
-            "–" if u.best is None else f"{u.best:.4g}",
-            f"{u.device_hours:.3f}",
+            r["study"],
+            r["task"] or "?",
+            str(r["complete"]),
+            str(r["pruned"]),
+            str(r["failed"]),
+            str(r["running"]),
+            str(r["waiting"]),
+            "–" if r["best"] is None else f"{r['best']:.4g}",
+            f"{r['device_hours']:.3f}",
         )
-    _console().print(table)
-    try:
-        alive = _ledger(settings).workers_alive()
-    except typer.Exit:
-        return
-    if alive:
-        workers = Table(title="workers alive (heartbeat in the last 30 s)", title_justify="left")
-        for col in ("id", "host", "pid", "device", "current trial", "last heartbeat"):
-            workers.add_column(col)
-        for w in alive:
-            current = "idle"
-            if w.current_study is not None:
-                current = f"{w.current_study.study_name} trial {w.current_trial_number}"
-            workers.add_row(str(w.id), w.host, str(w.pid), w.device, current, w.heartbeat_at.strftime("%H:%M:%S"))
-        _console().print(workers)
-    else:
-        _console().print("no worker alive")
+    parts: list[Any] = [table]
+    if data["workers"] is None:
+        return parts
+    if not data["workers"]:
+        return [*parts, "no worker alive"]
+    workers = Table(title="workers alive (heartbeat in the last 30 s)", title_justify="left")
+    for col in ("id", "host", "pid", "device", "current trial", "last heartbeat"):
+        workers.add_column(col)
+    for w in data["workers"]:
+        current = "idle" if w["study"] is None else f"{w['study']} trial {w['trial']}"
+        beat = datetime.fromisoformat(w["heartbeat_at"]).strftime("%H:%M:%S")
+        workers.add_row(str(w["id"]), w["host"], str(w["pid"]), w["device"], current, beat)
+    return [*parts, workers]
 
 
 @app.command("worker")

@@ -43,10 +43,17 @@ def test_status_json_lists_the_studies_and_the_workers_alive(home: Path) -> None
     worker_id = ledger.start_worker("cuda:1")
     try:
         data = json.loads(CliRunner().invoke(app, ["status", "--json"]).stdout)
+        (w,) = data["workers"]
+        assert (w["id"], w["device"], w["pid"]) == (worker_id, "cuda:1", os.getpid())
+        assert (w["study"], w["trial"]) == (None, None), "idle"
+        assert worker_id is not None
+        ledger.beat(worker_id, "tiny.irnn", 0)  # what a worker's heartbeat says while it runs trial 0
+        (w,) = json.loads(CliRunner().invoke(app, ["status", "--json"]).stdout)["workers"]
+        assert (w["study"], w["trial"]) == ("tiny.irnn", 0)
+        table = CliRunner().invoke(app, ["status"])
+        assert table.exit_code == 0 and "tiny.irnn trial 0" in table.stdout and "cuda:1" in table.stdout
     finally:
         ledger.stop_worker(worker_id)
-    (w,) = data["workers"]
-    assert (w["id"], w["device"], w["pid"], w["study"], w["trial"]) == (worker_id, "cuda:1", os.getpid(), None, None)
     table = CliRunner().invoke(app, ["status"])
     assert table.exit_code == 0 and "tiny.irnn" in table.stdout and "no worker alive" in table.stdout
 

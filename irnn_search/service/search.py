@@ -513,6 +513,7 @@ def work(
     worker_id = ledger.start_worker(device) if ledger is not None else None
     ran = 0
     done = threading.Event()
+    linger = (0.0, 0.0)
     if janitor is not None:
         interval = janitor_interval_s
         if interval is None:
@@ -521,8 +522,13 @@ def work(
             interval = float(get() or HEARTBEAT_S) if callable(get) else float(HEARTBEAT_S)
         janitor.sweep(studies.values())
         janitor.run(studies.values(), done, interval)
+        # A worker that died up to one grace period after this one ran out of work is seen by this
+        # one's janitor within grace + 2 intervals more; its re-queued trial is then run here.
+        linger = (2 * janitor.grace_s + 2 * interval, min(interval, 2.0))
     try:
-        ran = _loop(studies, specs, device, checkpoint_root, stop, on_trial, on_start, tracker, ledger, worker_id, pack)
+        ran = _loop(
+            studies, specs, device, checkpoint_root, stop, on_trial, on_start, tracker, ledger, worker_id, pack, linger
+        )
     finally:
         done.set()
         if ledger is not None:
@@ -544,16 +550,40 @@ def _loop(
     ledger: Ledger | None,
     worker_id: int | None,
     pack: int = 1,
+    linger: tuple[float, float] = (0.0, 0.0),
 ) -> int:
+    """``linger``: (seconds, poll interval). When every budget is met only because trials are
+    still running on other workers, wait that long, re-checking, before leaving: should one of
+    those workers have died, the janitor re-queues its trial meanwhile and it runs here. The
+    wait starts again whenever the number of trials running elsewhere changes, and ends as soon
+    as none is left."""
     from irnn_search.service.packing import pack_refusal, run_pack
 
     ran = 0
     refused: dict[str, str | None] = {}
+    lingering: tuple[float, int] | None = None  # (until, running elsewhere when it started)
     while not stop.is_set():
         uses = {n: usage(s) for n, s in studies.items()}  # one read of each study's trials per pick
         open_ = [n for n, s in studies.items() if budget_left(s, specs[n].model(s.user_attrs["model"]), uses[n])]
         if not open_:
-            break
+            elsewhere = sum(u.running for u in uses.values())  # this process runs none now
+            now = time.monotonic()
+            if linger[0] <= 0 or elsewhere == 0:
+                break
+            if lingering is None or lingering[1] != elsewhere:
+                if lingering is None:
+                    log.info(
+                        "budgets met, with %d trial(s) still running on other workers: waiting up to %.0f s "
+                        "in case one of them died and its trial is re-queued",
+                        elsewhere,
+                        linger[0],
+                    )
+                lingering = (now + linger[0], elsewhere)
+            if now >= lingering[0]:
+                break
+            stop.wait(min(linger[1], lingering[0] - now))
+            continue
+        lingering = None
         # The study with the fewest started trials goes next: models advance together.
         name = min(open_, key=lambda n: uses[n].finished + uses[n].running)
         study, spec = studies[name], specs[name]

@@ -254,3 +254,34 @@ def test_a_trial_started_in_the_same_instant_as_the_last_budgeted_one_stands_dow
     u = usage(study)
     assert u.running == 2 and u.finished == 0  # the surplus trial does not use the budget
     del first, second
+
+
+def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_runs_it(
+    tmp_path: Path, storage: str
+) -> None:
+    """The budget is met only because a trial is running on another worker, which then dies:
+    this worker stays (its janitor re-queues the lost trial) and runs it, rather than leaving the
+    study with a trial stuck RUNNING and no worker to notice."""
+    import warnings
+
+    from irnn_search.service.search import open_for_work
+
+    spec = load_spec(_spec(tmp_path, trials=2, steps=40))
+    (study,) = open_studies(spec, storage).values()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        dead = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=3)
+    other = optuna.load_study(study_name=study.study_name, storage=dead)
+    in_flight = other.ask()  # another worker's trial: it beats once, then that worker dies
+    dead.record_heartbeat(in_flight._trial_id)
+
+    studies, janitor = open_for_work(storage, [study.study_name], heartbeat_s=1, grace_s=3)
+    ran = work(studies, checkpoint_root=tmp_path / "c", stop=threading.Event(), janitor=janitor)
+
+    assert ran == 2, "its own trial, then the dead worker's, re-queued by its janitor"
+    trials = study.trials
+    lost = next(t for t in trials if t.number == in_flight.number)
+    assert lost.state == TrialState.FAIL
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == in_flight.number)
+    assert retry.state == TrialState.COMPLETE
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

@@ -71,6 +71,9 @@ def test_status_watch_redraws_until_ctrl_c_and_exits_0(home: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a shell's background job (CI under nohup ... &) ignores SIGINT, and
+        # Python keeps an inherited "ignore" instead of raising KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(6)  # start-up, then several redraws
     assert proc.poll() is None, proc.communicate()

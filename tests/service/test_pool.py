@@ -243,20 +243,22 @@ def test_three_workers_share_one_study_and_meet_its_budget_with_no_trial_lost_or
 
 
 def test_a_killed_workers_trial_is_requeued_by_a_live_worker_and_resumed_from_its_checkpoint(stack: Stack) -> None:
-    stack.launch("kill", steps=3000, report_every=100, trials=2)
+    stack.launch("kill", steps=6000, report_every=100, trials=2)
+    # Both start together, so the victim is killed early in its trial however fast the machine.
     victim = stack.worker("victim")
-    _wait("the victim's first checkpoint", lambda: _checkpoint(stack, "victim"), 120, [victim])
     survivor = stack.worker("survivor")
     _wait(
-        "the survivor to start a trial",
+        "both workers in a trial",
         lambda: sum(t.state == TrialState.RUNNING for t in _trials(stack, "kill")) == 2,
         120,
-        [survivor],
+        [victim, survivor],
     )
+    _wait("the victim's first checkpoint", lambda: _checkpoint(stack, "victim"), 120, [victim])
     time.sleep(1.5)  # a few more reports: the checkpoint in the artifact store is past step 100
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     killed_at = time.monotonic()
+    assert "complete value" not in stack.log("victim"), "the victim's trial ended before the kill: lengthen it"
 
     # The survivor is busy with its own trial; its janitor re-queues the lost one anyway.
     def requeued() -> FrozenTrial | None:
@@ -276,7 +278,10 @@ def test_a_killed_workers_trial_is_requeued_by_a_live_worker_and_resumed_from_it
     _wait_all([survivor], 300)
     trials = {t.number: t for t in _trials(stack, "kill")}
     lost, again = trials[lost_number], trials[retry.number]
-    assert lost.state == TrialState.FAIL and again.state == TrialState.COMPLETE
+    assert lost.state == TrialState.FAIL and again.state == TrialState.COMPLETE, (
+        [(t.number, t.state.name, t.user_attrs.get("outcome"), t.user_attrs.get("retry_of")) for t in trials.values()],
+        stack.log("survivor")[-3000:],
+    )
     assert again.params == lost.params and again.user_attrs["lineage"] == lost.user_attrs["lineage"]
     resumed_at = again.user_attrs["resumed_at_step_seed0"]
     assert resumed_at >= 100 and resumed_at % 100 == 0, "the step count continued rather than restarted"

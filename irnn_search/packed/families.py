@@ -132,7 +132,7 @@ def _elman(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, Stat
 
 def _elman_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
     proj = _project_members_first(x, p["w_ih"], p["b_ih"] + p["b_hh"])
-    return elman_scan(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], "relu" if variant == ("relu",) else "tanh", ws)
+    return elman_scan(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], variant[0], ws)  # relu | tanh
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
@@ -196,10 +196,8 @@ def _rnn_orth(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, S
 
 def _rnn_orth_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
     proj = _project_members_first(x, p["w_in"], p.get("b_in"))
-    h0 = _zeros(x, p["w_rec"].shape[-1])
-    if "modrelu" in variant:
-        return elman_scan(proj, h0, p["w_rec"], "modrelu", ws, act_b=p["act_b"])
-    return elman_scan(proj, h0, p["w_rec"], "tanh", ws)
+    # tanh | modrelu; only modReLU has a bias (act_b)
+    return elman_scan(proj, _zeros(x, p["w_rec"].shape[-1]), p["w_rec"], variant[0], ws, act_b=p.get("act_b"))
 
 
 # -- expRNN / Cayley: constrained (skew parameter, lr_orth) ----------------------------------------
@@ -213,10 +211,15 @@ def _orth_params(model: RecurrentModel) -> dict[str, Tensor]:
     }
 
 
-def _orthogonal(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, State]:
+def _orth_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
+    """Every member's orthogonal recurrent matrix [K, H, H], built once per forward for all K and
+    reused by every step (as the single models do)."""
     S = skew(p["skew"])  # [K, H, H]: the strict upper triangle of each member's raw parameter
-    # Built once per forward for all K members, reused by every step (as the single models do).
-    B = torch.linalg.matrix_exp(S) if variant[0] == "exp" else cayley_map(S)
+    return torch.linalg.matrix_exp(S) if variant[0] == "exp" else cayley_map(S)
+
+
+def _orthogonal(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, State]:
+    B = _orth_matrix(p, variant)
     proj = _project(x, p["w_in"], None)
     return _loop(proj, _zeros(x, B.shape[-1]), B, _act(p, ("modrelu",)))
 
@@ -224,8 +227,7 @@ def _orthogonal(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor,
 def _orthogonal_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
     """``_orthogonal`` with the fused scan: autograd differentiates only the matrix's map (once
     per forward) and the input projection; the scan hands it ``dB`` in one ``bmm``."""
-    S = skew(p["skew"])
-    B = torch.linalg.matrix_exp(S) if variant[0] == "exp" else cayley_map(S)
+    B = _orth_matrix(p, variant)
     proj = _project_members_first(x, p["w_in"], None)
     return elman_scan(proj, _zeros(x, B.shape[-1]), B, "modrelu", ws, act_b=p["act_b"])
 

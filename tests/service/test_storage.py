@@ -233,13 +233,13 @@ def test_usage_from_one_aggregate_query_equals_usage_from_frozen_trials(
     assert math.isclose(narrow.device_hours * 3600, full.device_hours * 3600, abs_tol=0.5)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_ask_reads_its_new_trial_without_a_query_and_a_write_forgets_the_copy(
+def _ours_and_plain(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+) -> tuple[ResilientRDBStorage, optuna.storages.RDBStorage, dict[str, int]]:
+    """Our storage and Optuna's plain one on the same database, and a count of the SQL statements
+    both run (``statements["n"]``, reset by the caller before what it measures)."""
     from sqlalchemy import event
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
     ours = ResilientRDBStorage(url)
     plain = optuna.storages.RDBStorage(url)
@@ -248,10 +248,20 @@ def test_ask_reads_its_new_trial_without_a_query_and_a_write_forgets_the_copy(
     def count(*_: object) -> None:
         statements["n"] += 1
 
+    for storage in (ours, plain):
+        event.listen(storage.engine, "before_cursor_execute", count)
+    return ours, plain, statements
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_ask_reads_its_new_trial_without_a_query_and_a_write_forgets_the_copy(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ours, plain, statements = _ours_and_plain(backend, tmp_path, request)
     asked: dict[str, int] = {}
     studies = {}
     for name, storage in (("ours", ours), ("plain", plain)):
-        event.listen(storage.engine, "before_cursor_execute", count)
         studies[name] = study = optuna.create_study(study_name=f"fresh-{name}", storage=storage)
         study.tell(study.ask(), 1.0)  # a finished trial, so both reads have rows to fetch
         statements["n"] = 0
@@ -278,25 +288,15 @@ def test_ask_reads_its_new_trial_without_a_query_and_a_write_forgets_the_copy(
 def test_tell_reads_its_finished_trial_without_a_query_and_equal_to_the_database(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy import event
-
     # Optuna stores naive UTC and reads back local time: a zone other than UTC tests that the
     # kept copy converts the completion time as a read from the database does
     monkeypatch.setenv("TZ", "America/St_Johns")  # UTC-3:30 (-2:30 in summer)
     time.tzset()
     request.addfinalizer(time.tzset)  # after monkeypatch restores TZ
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
-    ours = ResilientRDBStorage(url)
-    plain = optuna.storages.RDBStorage(url)
-    statements = {"n": 0}
-
-    def count(*_: object) -> None:
-        statements["n"] += 1
-
+    ours, plain, statements = _ours_and_plain(backend, tmp_path, request)
     told: dict[str, int] = {}
     for name, storage in (("ours", ours), ("plain", plain)):
-        event.listen(storage.engine, "before_cursor_execute", count)
         study = optuna.create_study(study_name=f"tell-{name}", storage=storage)
         study.enqueue_trial({"x": 0.25})  # created by another process, taken from the queue here
         for value, state in ((1.5, None), (None, TrialState.PRUNED), (None, TrialState.FAIL), (float("inf"), None)):

@@ -46,7 +46,7 @@ from irnn_search.models.lstm import LSTM
 from irnn_search.models.modrelu import modrelu
 from irnn_search.models.orthogonal import cayley_map, raw_parameter, skew
 from irnn_search.models.rnn_orth import RNNOrth
-from irnn_search.packed.scan import Workspace, elman_scan, lstm_scan
+from irnn_search.packed.scan import Activation, Workspace, elman_scan, lstm_scan, project_in_loop
 from irnn_search.tasks.base import Task
 
 Tensor = torch.Tensor
@@ -130,9 +130,19 @@ def _elman(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, Stat
     return _loop(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], act)
 
 
+def _elman_scan(
+    x: Tensor, w_in: Tensor, bias: Tensor | None, w_rec: Tensor, act: Activation, ws: Workspace, act_b: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The fused Elman scan on inputs ``x`` [K, T, B, I]: projected inside the time loop where the
+    inputs are small, else all at once before it."""
+    h0 = _zeros(x, w_rec.shape[-1])
+    if project_in_loop(x.shape[-1], w_rec.shape[-1]):
+        return elman_scan(x, h0, w_rec, act, ws, act_b=act_b, w_in=w_in, bias=bias)
+    return elman_scan(_project_members_first(x, w_in, bias), h0, w_rec, act, ws, act_b=act_b)
+
+
 def _elman_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
-    proj = _project_members_first(x, p["w_ih"], p["b_ih"] + p["b_hh"])
-    return elman_scan(proj, _zeros(x, p["w_hh"].shape[-1]), p["w_hh"], variant[0], ws)  # relu | tanh
+    return _elman_scan(x, p["w_ih"], p["b_ih"] + p["b_hh"], p["w_hh"], variant[0], ws, None)  # relu | tanh
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
@@ -195,9 +205,8 @@ def _rnn_orth(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, S
 
 
 def _rnn_orth_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
-    proj = _project_members_first(x, p["w_in"], p.get("b_in"))
     # tanh | modrelu; only modReLU has a bias (act_b)
-    return elman_scan(proj, _zeros(x, p["w_rec"].shape[-1]), p["w_rec"], variant[0], ws, act_b=p.get("act_b"))
+    return _elman_scan(x, p["w_in"], p.get("b_in"), p["w_rec"], variant[0], ws, p.get("act_b"))
 
 
 # -- expRNN / Cayley: constrained (skew parameter, lr_orth) ----------------------------------------
@@ -227,9 +236,7 @@ def _orthogonal(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor,
 def _orthogonal_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
     """``_orthogonal`` with the fused scan: autograd differentiates only the matrix's map (once
     per forward) and the input projection; the scan hands it ``dB`` in one ``bmm``."""
-    B = _orth_matrix(p, variant)
-    proj = _project_members_first(x, p["w_in"], None)
-    return elman_scan(proj, _zeros(x, B.shape[-1]), B, "modrelu", ws, act_b=p["act_b"])
+    return _elman_scan(x, p["w_in"], None, _orth_matrix(p, variant), "modrelu", ws, p["act_b"])
 
 
 def _orth_variant(model: RecurrentModel) -> tuple[Any, ...]:

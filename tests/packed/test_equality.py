@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from irnn_search.packed import train_packed
+from irnn_search.packed import families, train_packed
 from tests.packed._trials import Spec, assert_same_history, assert_same_params
 
 # Members of one pack differ in lr, clip (incl. off), init options and optimizer.
@@ -30,7 +30,15 @@ SPECS = [
 ]
 
 
-def test_every_member_matches_its_run_alone_metrics_parameters_and_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_loop", [True, False], ids=["inputs projected in the loop", "projected before it"])
+def test_every_member_matches_its_run_alone_metrics_parameters_and_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_loop: bool
+) -> None:
+    # The adding task's 2 inputs against hidden 12 take the in-loop projection; forced off, the
+    # scans get the inputs projected for all steps at once (what wide inputs take).
+    assert families.project_in_loop(2, SPECS[0].hidden)
+    if not in_loop:
+        monkeypatch.setattr(families, "project_in_loop", lambda input_size, hidden_size: False)
     members = [s.member(checkpoint_dir=tmp_path / f"packed{i}") for i, s in enumerate(SPECS)]
     results = {id(r.member): r for r in train_packed(members)}
     for i, (spec, member) in enumerate(zip(SPECS, members, strict=True)):

@@ -15,7 +15,9 @@ clipping and an Adam/SGD/RMSprop update:
                   together (what a pool of single-trial workers does on this device); more
                   processes than cores only oversubscribe, so K beyond ``--workers`` adds nothing
 
-It prints model-steps/s (one trial advanced by one optimizer step) and the ratios. ``--mixed``
+It prints model-steps/s (one trial advanced by one optimizer step) and the ratios, and the pack's
+matmul rate (``matmul_flops`` per model-step) as a fraction of a large float32 matmul's rate measured
+on the same device at the start of the run (TF32 off throughout). ``--mixed``
 also times the two ways to pack differing hidden sizes: bucketing (one pack per size, stepped in
 turn: what ``PackedTrainer`` does) against one pack at the largest size (the cost padding would
 have before any masking). ``--repeat N`` times every cell N times, the ways interleaved, and
@@ -37,6 +39,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from scan_variants import sgemm_rate  # benchmarks/, beside this script
 
 from irnn_search.models import build_model
 from irnn_search.packed import Member, PackedTrainer
@@ -78,6 +81,14 @@ def _member(shape: Shape, family: str, i: int, steps: int, device: str, hidden: 
         device=device,
     )
     return Member(model, task, config)
+
+
+def matmul_flops(family: str, shape: Shape, inputs: int = 2) -> int:
+    """Matmul FLOPs of one model-step (forward, backward, both weight gradients; the readout,
+    elementwise ops and the orthogonal families' matrix maps not counted): the LSTM's gates are 4H
+    wide, the Elman families' H."""
+    H, gates = shape.hidden, 4 * shape.hidden if family == "lstm" else shape.hidden
+    return 2 * shape.T * shape.batch * gates * (3 * H + 2 * inputs)
 
 
 def _sync(device: str) -> None:
@@ -176,6 +187,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_flush_denormal(True)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 throughout
     if args.worker:
         worker(args)
         return
@@ -188,10 +200,15 @@ def main() -> None:
         f"pool of up to {args.workers} one-thread processes; torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}"
     )
+    peak = sgemm_rate(torch.device(args.device))
+    print(f"A large float32 matmul runs at {peak:.0f} GFLOP/s on this device ({args.threads} thread(s), TF32 off).")
     compare = args.compare_backward
     extra_head, extra_rule = (" autograd backward | autograd / sequential |", "---:|---:|") if compare else ("", "")
-    print(f"| shape | K | packed model-steps/s |{extra_head} sequential | pool | packed / sequential | packed / pool |")
-    print(f"|---|---:|---:|{extra_rule}---:|---:|---:|---:|")
+    print(
+        f"| shape | K | packed model-steps/s |{extra_head} sequential | pool | packed / sequential | packed / pool "
+        "| packed GFLOP/s | of the large matmul's rate |"
+    )
+    print(f"|---|---:|---:|{extra_rule}---:|---:|---:|---:|---:|---:|")
     for key in args.shapes.split(","):
         shape = SHAPES[key]
         ks = args.K if shape.T <= 150 else args.K_long
@@ -207,13 +224,15 @@ def main() -> None:
                 rates["seq"].append(sequential_rate(shape, args.family, K, steps, args.device))
                 rates["pool"].append(pool_rate(shape, args.family, K, steps, args.device, args.workers))
             packed, seq, pool = (statistics.median(rates[k]) for k in ("packed", "seq", "pool"))
+            gflops = packed * matmul_flops(args.family, shape) / 1e9
             extra = ""
             if compare:
                 autograd = statistics.median(rates["autograd"])
                 extra = f" {autograd:.1f} | {autograd / seq:.2f}x |"
             print(
                 f"| {shape.name}, batch {shape.batch}, hidden {shape.hidden} | {K} | {packed:.1f} |{extra} "
-                f"{seq:.1f} | {pool:.1f} | {packed / seq:.2f}x | {packed / pool:.2f}x |",
+                f"{seq:.1f} | {pool:.1f} | {packed / seq:.2f}x | {packed / pool:.2f}x | {gflops:.1f} | "
+                f"{gflops / peak:.1%} |",
                 flush=True,
             )
     if args.mixed:

@@ -1,0 +1,108 @@
+"""Packed trials on a CUDA device: the scans' forward and gradients equal the CPU's in float64, and
+every member of a pack trained on the GPU ends as the same trial trained alone on the GPU.
+
+Skipped without a CUDA device (CI has none). ``IRNN_SEARCH_TEST_DEVICE=cpu`` runs them on the CPU
+instead, which checks the tests themselves on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from irnn_search.packed import train_packed
+from irnn_search.packed.scan import elman_scan, lstm_scan
+from tests.packed._trials import Spec, assert_same_history, assert_same_params
+
+DEVICE = os.environ.get("IRNN_SEARCH_TEST_DEVICE", "cuda")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        DEVICE.startswith("cuda") and not torch.cuda.is_available(), reason="no CUDA device on this machine"
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _full_fp32() -> Iterator[None]:
+    """float32 matmuls and cuDNN in full precision (TF32 rounds to 10 mantissa bits)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _leaves(*shapes: tuple[int, ...], seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [(0.5 * torch.randn(s, dtype=torch.float64, generator=g)).requires_grad_() for s in shapes]
+
+
+def _on_both(fn, leaves: list[torch.Tensor]) -> None:  # type: ignore[no-untyped-def]
+    """``fn`` on the CPU and on DEVICE from the same float64 leaves: outputs and gradients agree."""
+    results = []
+    for device in ("cpu", DEVICE):
+        moved = [t.detach().to(device).requires_grad_() for t in leaves]
+        outs = fn(*moved)
+        sum(
+            (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=device).view_as(o)).sum() for o in outs
+        ).backward()
+        results.append(([o.detach().cpu() for o in outs], [t.grad.cpu() for t in moved]))  # type: ignore[union-attr]
+    (cpu_out, cpu_grad), (dev_out, dev_grad) = results
+    for a, b in zip(cpu_out + cpu_grad, dev_out + dev_grad, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "modrelu"])
+@pytest.mark.parametrize("in_loop", [False, True])
+def test_the_elman_scan_on_the_device_equals_the_cpu_in_float64(act: str, in_loop: bool) -> None:
+    K, T, B, H, I = 3, 7, 4, 8, 2
+    shapes: list[tuple[int, ...]] = [(K, T, B, I if in_loop else H), (K, B, H), (K, H, H)]
+    if act == "modrelu":
+        shapes.append((K, H))
+    if in_loop:
+        shapes += [(K, H, I), (K, H)]
+    leaves = _leaves(*shapes, seed=5)
+
+    def run(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, h0, w, *rest = xs
+        act_b = rest.pop(0) if act == "modrelu" else None
+        w_in, bias = rest if in_loop else (None, None)
+        return elman_scan(x, h0, w, act, {}, act_b=act_b, w_in=w_in, bias=bias)  # type: ignore[arg-type]
+
+    _on_both(run, leaves)
+
+
+def test_the_lstm_scan_on_the_device_equals_the_cpu_in_float64() -> None:
+    K, T, B, H = 3, 7, 4, 6
+    leaves = _leaves((K, T, B, 4 * H), (K, B, H), (K, B, H), (K, 4 * H, H), seed=6)
+    _on_both(lambda *xs: lstm_scan(*xs, {}), leaves)
+
+
+SPECS = [
+    Spec("irnn", {"identity_scale": 1.0}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9}),
+    Spec("irnn", {"identity_scale": 0.5}, {"optimizer": "adam", "lr": 3e-3, "clip": None}, seed=1),
+    Spec("rnn", {}, {"optimizer": "rmsprop", "lr": 1e-3}),
+    Spec("lstm", {"forget_bias": 1.0}, {"optimizer": "adam", "lr": 3e-3}),
+    Spec("exprnn", {"init": "henaff"}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
+    Spec("cayley", {}, {"optimizer": "adam", "lr": 1e-3, "lr_orth": 1e-4}),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.family} {s.config['optimizer']}")
+def test_a_member_packed_on_the_device_ends_as_its_trial_alone_on_the_device(spec: Spec) -> None:
+    # Two members per pack: the one compared and a neighbour with another seed and lr.
+    neighbour = Spec(spec.family, spec.options, {**spec.config, "lr": spec.config["lr"] * 2}, seed=spec.seed + 7)
+    member = spec.member(config={"device": DEVICE})
+    results = {id(r.member): r for r in train_packed([member, neighbour.member(config={"device": DEVICE})])}
+    res = results[id(member)]
+    assert res.error is None
+    model, alone = spec.alone(device=DEVICE)
+    assert (res.result.outcome, res.result.step) == (alone.outcome, alone.step)
+    # cuDNN (train() on the GPU) and the packed scans sum in other orders: 1e-4, not CPU's 1e-5.
+    assert_same_history(res.result.history, alone.history, rel_tol=1e-4)
+    assert_same_params(member.model, model, rtol=1e-4)
+    assert next(member.model.parameters()).device.type == torch.device(DEVICE).type

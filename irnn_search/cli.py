@@ -394,7 +394,12 @@ def launch_cmd(
     run: Annotated[bool, typer.Option(help="run trials here; --no-run only registers the studies")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     threads: Annotated[
-        int | None, typer.Option(help="torch threads per worker (default: IRNN_SEARCH_THREADS or 1)", min=1)
+        int | None,
+        typer.Option(
+            help="torch threads per worker (default: IRNN_SEARCH_THREADS, else 1, or with --pack on CPU the "
+            "worker's share of the cores)",
+            min=1,
+        ),
     ] = None,
     studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
     report: Annotated[bool, typer.Option(help="print the report (and write its plots) at the end")] = True,
@@ -407,7 +412,13 @@ def launch_cmd(
     import time
 
     from irnn_search.search.spec import SpecError
-    from irnn_search.service.search import SearchError, close_tracking, open_studies, start_workers
+    from irnn_search.service.search import (
+        SearchError,
+        close_tracking,
+        default_threads,
+        open_studies,
+        start_workers,
+    )
 
     settings = _settings()
     spec = _load_spec(spec_name, studies_dir)
@@ -436,7 +447,7 @@ def launch_cmd(
         workers=workers,
         device=device,
         checkpoint_root=settings.checkpoint_root.resolve(),
-        threads=threads or settings.threads or 1,
+        threads=threads or settings.threads or default_threads(device, pack, workers),
         mlflow_uri=settings.mlflow_tracking_uri if tracker else None,
         mlflow_artifact_root=settings.mlflow_artifact_root if tracker else None,
         db_url=settings.db_url,
@@ -636,7 +647,12 @@ def _status_renderables(data: dict[str, Any]) -> list[Any]:
 def worker_cmd(
     study: Annotated[list[str] | None, typer.Option(help="only these studies (repeatable); default: all open")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="torch threads", min=1)] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch threads (default: IRNN_SEARCH_THREADS, else 1, or with --pack on CPU all the cores)", min=1
+        ),
+    ] = None,
     track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
     pack: Annotated[
         int, typer.Option(help="train up to K trials of a study at once as one batched computation", min=1)
@@ -653,13 +669,14 @@ def worker_cmd(
 
     import torch
 
-    from irnn_search.service.search import SearchError, open_for_work, work
+    from irnn_search.service.search import SearchError, default_threads, open_for_work, work
     from irnn_search.tracking import worker_http_defaults
 
     settings = _settings()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
-    torch.set_num_threads(threads or settings.threads or 1)
+    torch.set_num_threads(threads or settings.threads or default_threads(device, pack))
+    settings.ensure_home()  # the embedded stores' folder, as launch makes it (a worker may start first)
     if track:
         worker_http_defaults()
     tracker = _tracker(settings, track)
@@ -724,6 +741,16 @@ def worker_cmd(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if not studies and not stop.is_set():
+        from irnn_search.settings import mask_url
+
+        err.print(
+            f"no studies on {mask_url(settings.storage_url)}"
+            f"{' named ' + ', '.join(study) if study else ''}: create them with `irnn-search launch SPEC --no-run` "
+            "(or point IRNN_SEARCH_STORAGE at the shared store)",
+            highlight=False,
+        )
+        return
     err.print(f"{ran} trial(s) run; " + ("stopped" if stop.is_set() else "every budget is met"))
 
 

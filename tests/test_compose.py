@@ -255,6 +255,10 @@ def test_worker_reserves_an_nvidia_gpu_has_replicas_and_time_to_checkpoint(
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and int(device["count"]) == 1
     assert as_list(worker["command"])[:3] == ["worker", "--device", "cuda:0"]
+    # packing is a knob: one trial at a time unless IRNN_PACK says
+    assert as_list(worker["command"])[3:] == ["--pack", "1"]
+    packed = interpolate(raw, {"IRNN_PACK": "16"})["services"]["worker"]
+    assert as_list(packed["command"])[3:] == ["--pack", "16"]
     assert worker["restart"] in ("on-failure", "unless-stopped", "always")
     grace = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", worker["stop_grace_period"])
     assert grace and int(grace.group(1) or 0) * 60 + int(grace.group(2) or 0) >= 60

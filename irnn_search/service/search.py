@@ -684,6 +684,19 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> 
     return frozen
 
 
+def default_threads(device: str, pack: int, workers: int = 1) -> int:
+    """Torch threads per worker when neither ``--threads`` nor ``IRNN_SEARCH_THREADS`` says.
+
+    One-trial workers take 1: a small RNN runs no faster on more, and a pool of processes uses the
+    cores better. A packed CPU worker takes its share of the cores (all of them for one worker):
+    the pack's batched matmuls split across threads (packed IRNN, K=16, adding shape: 410 against
+    250 model-steps/s on 2 threads against 1, ``benchmarks/README.md``)."""
+    if pack <= 1 or device != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
 def worker_process(
     storage_url: str,
     names: list[str] | None,
@@ -697,7 +710,7 @@ def worker_process(
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
     pack: int = 1,
 ) -> None:
-    """Entry point of a local worker process (``launch --workers N``): one thread, quiet logs,
+    """Entry point of a local worker process (``launch --workers N``): ``threads`` torch threads, quiet logs,
     SIGINT/SIGTERM stop after the current step with a checkpoint."""
     import signal
 

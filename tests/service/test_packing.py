@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from irnn_search.db.session import make_engine
 from irnn_search.search.spec import load_spec
 from irnn_search.service.ledger import Ledger
-from irnn_search.service.search import open_studies, usage, work
+from irnn_search.service.search import default_threads, open_studies, usage, work
 from irnn_search.tracking import Tracker
 
 SPEC = """
@@ -232,3 +233,32 @@ def test_a_member_taken_over_by_another_janitor_leaves_the_pack_and_the_others_f
     assert len(lost) == 1 and lost[0][1] == "lost"
     assert MlflowClient(stores["mlflow"]).get_run(lost[0][2]).info.status == "KILLED"
     assert sorted(r[1] for r in rows) == ["complete"] * 3 + ["lost"]
+
+
+def test_a_packed_cpu_worker_takes_its_share_of_the_cores_and_a_one_trial_worker_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert default_threads("cpu", pack=1) == 1
+    assert default_threads("cpu", pack=16) == 8
+    assert default_threads("cpu", pack=16, workers=2) == 4
+    assert default_threads("cpu", pack=16, workers=16) == 1
+    assert default_threads("cuda:0", pack=64) == 1  # the GPU does the work; one thread feeds it
+
+
+def test_the_worker_command_says_its_threads_and_that_there_is_no_study_to_work_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from irnn_search.cli import app
+
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path / "fresh"))  # not there yet: the worker makes it
+    for var in ("STORAGE", "DB", "MLFLOW_URI", "THREADS"):
+        monkeypatch.delenv(f"IRNN_SEARCH_{var}", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)
+    result = CliRunner().invoke(app, ["worker", "--pack", "4", "--no-track"])
+    assert result.exit_code == 0, result.output
+    assert "3 thread(s)" in result.output and "packs of up to 4 trials" in result.output
+    assert "no studies on" in result.output and "irnn-search launch SPEC --no-run" in result.output
+    assert "trial(s) run" not in result.output

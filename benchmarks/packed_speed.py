@@ -17,7 +17,8 @@ clipping and an Adam/SGD/RMSprop update:
 
 It prints model-steps/s (one trial advanced by one optimizer step) and the ratios, and the pack's
 matmul rate (``matmul_flops`` per model-step) as a fraction of a large float32 matmul's rate measured
-on the same device at the start of the run (TF32 off throughout). ``--mixed``
+on the same device at the start of the run (TF32 off throughout), and trials/hour for trials as
+long as the studies' (adding.toml: 20,000 steps; smnist.toml: 27,300), packed and by the pool. ``--mixed``
 also times the two ways to pack differing hidden sizes: bucketing (one pack per size, stepped in
 turn: what ``PackedTrainer`` does) against one pack at the largest size (the cost padding would
 have before any masking). ``--repeat N`` times every cell N times, the ways interleaved, and
@@ -57,11 +58,12 @@ class Shape:
     T: int
     batch: int
     hidden: int
+    trial_steps: int  # optimizer steps of one trial of the study (studies/*.toml), for trials/hour
 
 
 SHAPES = {
-    "adding": Shape("adding T=150", 150, 16, 100),
-    "smnist": Shape("sMNIST shape T=784", 784, 128, 128),
+    "adding": Shape("adding T=150", 150, 16, 100, 20000),
+    "smnist": Shape("sMNIST shape T=784", 784, 128, 128, 27300),
 }
 
 
@@ -206,9 +208,9 @@ def main() -> None:
     extra_head, extra_rule = (" autograd backward | autograd / sequential |", "---:|---:|") if compare else ("", "")
     print(
         f"| shape | K | packed model-steps/s |{extra_head} sequential | pool | packed / sequential | packed / pool "
-        "| packed GFLOP/s | of the large matmul's rate |"
+        "| packed GFLOP/s | of the large matmul's rate | trials/hour packed | trials/hour pool |"
     )
-    print(f"|---|---:|---:|{extra_rule}---:|---:|---:|---:|---:|---:|")
+    print(f"|---|---:|---:|{extra_rule}---:|---:|---:|---:|---:|---:|---:|---:|")
     for key in args.shapes.split(","):
         shape = SHAPES[key]
         ks = args.K if shape.T <= 150 else args.K_long
@@ -232,7 +234,8 @@ def main() -> None:
             print(
                 f"| {shape.name}, batch {shape.batch}, hidden {shape.hidden} | {K} | {packed:.1f} |{extra} "
                 f"{seq:.1f} | {pool:.1f} | {packed / seq:.2f}x | {packed / pool:.2f}x | {gflops:.1f} | "
-                f"{gflops / peak:.1%} |",
+                f"{gflops / peak:.1%} | {packed * 3600 / shape.trial_steps:.1f} | "
+                f"{pool * 3600 / shape.trial_steps:.1f} |",
                 flush=True,
             )
     if args.mixed:

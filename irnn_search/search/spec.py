@@ -235,7 +235,7 @@ class Budget:
 
     trials: int | None = None
     wall_time_s: float | None = None  # seconds of wall time since launch
-    device_hours: float | None = None  # summed over workers (trial wall time x devices)
+    device_hours: float | None = None  # summed over workers: trial wall time, a packed trial's share of its pack's
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials": self.trials, "wall_time_s": self.wall_time_s, "device_hours": self.device_hours}

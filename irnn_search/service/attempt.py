@@ -34,6 +34,7 @@ import optuna
 from irnn_search.search.space import PruneGate, build_train_config, suggest
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.single import Run, prepare_run
+from irnn_search.service.storage import PACK_SLOTS
 from irnn_search.tracking import Tracker, TrackingError
 from irnn_search.train import TrainResult
 
@@ -149,6 +150,8 @@ class Attempt:
     def begin(self) -> None:
         trial = self.trial
         trial.set_user_attr("lineage", trial.user_attrs.get("lineage", trial.number))
+        if self.pack_id is not None and self.pack_size:
+            trial.set_user_attr(PACK_SLOTS, self.pack_size)  # its device time: a share of the pack's
         self.train_kwargs, self.model_options = suggest(trial, self.model_spec)
         self.ensure_run()
         if self.ledger is not None:

@@ -11,8 +11,11 @@ them one after another in its slot. The worker keeps every packed trial's heartb
 interrupted trial.
 
 Device time: each member's ``train_s`` in our database is its share of the pack's compute (one
-packed step's time divided by the members in it), so the study's device-hours add up to the time
-the device was busy.
+packed step's time divided by the members in it). For budgets, ``status`` and reports, each
+trial's Optuna user attr ``device_s`` is its share of the pack's wall time (every interval split
+evenly among the trials in the pack then), so a study's device-hours add up to the time the
+worker held the device, not K times that; ``pack_slots`` (K) lets a running trial count its wall
+time / K until then (``search.device_seconds``).
 
 A study whose family or task cannot be packed (``irnn_search.packed.why_not_packable``) runs one
 trial at a time, with one log line saying why.
@@ -20,8 +23,10 @@ trial at a time, with one log line saying why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from irnn_search.packed import Member, PackedResult, packable, train_packed, why_not_packable
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
+from irnn_search.service.storage import DEVICE_S
 from irnn_search.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -79,6 +85,17 @@ def run_pack(
     attempts: dict[int, Attempt] = {}
     ran = 0
     beats = Heartbeats(study)
+    clock = [time.monotonic()]  # when the pack's wall time was last shared out among its trials
+    shares: dict[int, float] = {}  # trial number -> its share so far, seconds
+
+    def accrue() -> None:
+        """Split the wall time since the last call evenly among the trials in the pack now."""
+        now = time.monotonic()
+        if attempts:
+            share = (now - clock[0]) / len(attempts)
+            for number in attempts:
+                shares[number] = shares.get(number, 0.0) + share
+        clock[0] = now
 
     def member(attempt: Attempt, i: int) -> Member:
         seed = spec.seeds[i]
@@ -105,11 +122,15 @@ def run_pack(
         nonlocal ran
         trial = attempt.trial
         beats.remove(trial._trial_id)
+        accrue()
         attempts.pop(trial.number, None)
+        device_s = shares.pop(trial.number, 0.0)
         attempt.close()
         ran += 1
         if attempt.outcome == "lost":  # another worker's janitor already ended and re-queued it
             return
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a janitor failed it just now
+            trial.set_user_attr(DEVICE_S, device_s)
         # skip_if_finished: a janitor may have failed it an instant before (its heartbeat lapsed)
         frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
         if frozen.state != state:
@@ -157,6 +178,7 @@ def run_pack(
                 pack_size=pack,
             )
             beats.add(trial._trial_id)
+            accrue()
             attempts[trial.number] = attempt
             try:
                 attempt.begin()

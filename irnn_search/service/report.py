@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.search.literature import published_results
 from irnn_search.search.spec import StudySpec
-from irnn_search.service.search import Usage, load_studies, stored_spec, study_name, usage
+from irnn_search.service.search import Usage, device_seconds, load_studies, stored_spec, study_name, usage
 
 
 @dataclass
@@ -258,7 +258,7 @@ def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
         )
         hours, best, xs, ys = 0.0, None, [], []
         for t in done:
-            hours += (t.datetime_complete - t.datetime_start).total_seconds() / 3600  # type: ignore[operator]
+            hours += device_seconds(t) / 3600
             if _finite(t):
                 v = float(t.value)  # type: ignore[arg-type]
                 better = best is None or (v < best if spec.direction == "minimize" else v > best)
@@ -268,7 +268,7 @@ def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
                 ys.append(best)
         if xs:
             ax.step(xs, ys, where="post", marker="o", ms=3, label=key)
-    ax.set_xlabel("device-hours (summed trial wall time)")
+    ax.set_xlabel("device-hours (trial wall time; a packed trial's share of its pack's)")
     ax.set_ylabel(f"best {spec.objective} so far")
     ax.set_title(f"{spec.name}: best so far vs compute")
     ax.grid(alpha=0.3)

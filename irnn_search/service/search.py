@@ -40,8 +40,10 @@ from irnn_search.search.space import build_pruner, build_sampler
 from irnn_search.search.spec import ModelSpec, StudySpec
 from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
 from irnn_search.service.storage import (
+    DEVICE_S,
     GRACE_S,
     HEARTBEAT_S,
+    PACK_SLOTS,
     RETRY_S,
     StaleCallback,
     launch_lock,
@@ -251,9 +253,23 @@ class Usage:
     failed: int
     running: int
     waiting: int
-    device_hours: float  # summed trial wall time of finished and running trials
+    device_hours: float  # device time of finished and running trials (see ``device_seconds``)
     elapsed_s: float  # since the study was launched
     best: float | None
+
+
+def device_seconds(t: FrozenTrial, now: float | None = None) -> float:
+    """The device time a trial took: its wall time alone; in a pack of K slots, its share of the
+    pack's wall time (exact once it has ended; while it runs, wall time / K).
+
+    Summed wall time would count a pack's time once per member: a study packed 16 to a device
+    would spend its ``device_hours`` budget 16 times too fast."""
+    if t.datetime_start is None:
+        return 0.0
+    if t.datetime_complete is not None and DEVICE_S in t.user_attrs:
+        return float(t.user_attrs[DEVICE_S])
+    end = t.datetime_complete.timestamp() if t.datetime_complete else (time.time() if now is None else now)
+    return max(0.0, end - t.datetime_start.timestamp()) / float(t.user_attrs.get(PACK_SLOTS, 1))
 
 
 def _counts_against_budget(t: FrozenTrial) -> bool:
@@ -276,7 +292,7 @@ def _surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
 class _Group:
     state: TrialState
     count: int
-    seconds: float  # wall time of its trials: in all (finished) or so far (running)
+    seconds: float  # device time of its trials (``device_seconds``): in all (finished) or so far (running)
     counts: bool  # against the budget (not released, not surplus)
     best: float | None  # best finite objective among its complete trials
 
@@ -292,7 +308,7 @@ def _groups(study: optuna.Study, *, before: int | None = None) -> list[_Group]:
             _Group(
                 g.state,
                 g.count,
-                g.finished_s + max(0.0, g.open_count * now - g.open_start_s),
+                g.finished_s + max(0.0, g.open_weight * now - g.open_start_s),
                 not (g.state == TrialState.FAIL and g.outcome in (None, "interrupted")) and g.outcome != "surplus",
                 (g.low if minimize else g.high) if g.state == TrialState.COMPLETE else None,
             )
@@ -303,10 +319,7 @@ def _groups(study: optuna.Study, *, before: int | None = None) -> list[_Group]:
     for t in study.get_trials(deepcopy=False):
         if before is not None and t.number >= before:
             continue
-        seconds = 0.0
-        if t.datetime_start is not None:
-            finished_ts = t.datetime_complete.timestamp() if t.datetime_complete else now
-            seconds = max(0.0, finished_ts - t.datetime_start.timestamp())
+        seconds = device_seconds(t, now)
         finite = t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
         out.append(_Group(t.state, 1, seconds, _counts_against_budget(t), t.value if finite else None))
     return out

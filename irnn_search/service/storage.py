@@ -268,6 +268,11 @@ def _retrying(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # -- aggregate reads for budgets and status ---------------------------------------------------
+#: Trial user attrs of packed trials (``service.packing``): the pack's slot count, set when the
+#: trial starts, and its exact share of the pack's device time, set when it ends.
+PACK_SLOTS, DEVICE_S = "pack_slots", "device_s"
+
+
 @dataclass(frozen=True)
 class TrialGroup:
     """The trials of a study that share a state and an ``outcome`` user attr, summed up in SQL."""
@@ -275,9 +280,10 @@ class TrialGroup:
     state: TrialState
     outcome: str | None
     count: int
-    finished_s: float  # summed wall time of those with a start and an end
+    finished_s: float  # summed device time of those with a start and an end (``search.device_seconds``)
     open_count: int  # started, not ended (running)
-    open_start_s: float  # their summed start times, seconds since the epoch (UTC)
+    open_start_s: float  # their start times (s since the epoch, UTC), each over its pack's slots, summed
+    open_weight: float  # their 1 / pack slots, summed: running device time = open_weight·now - open_start_s
     low: float | None  # the lowest and highest finite first-objective value
     high: float | None
 
@@ -313,25 +319,34 @@ def _trial_groups(backend: RDBStorage, study_id: int, before: int | None = None)
     import json
 
     from optuna.storages._rdb import models
-    from sqlalchemy import and_, case, func, select
+    from sqlalchemy import Float, and_, case, cast, func, select
+    from sqlalchemy.orm import aliased
 
     t, attr, val = models.TrialModel, models.TrialUserAttributeModel, models.TrialValueModel
+    device_s, slots_attr = aliased(attr), aliased(attr)  # a packed trial's share (search.device_seconds)
     dialect = backend.engine.dialect.name
     start, end = _epoch(t._datetime_start_utc, dialect), _epoch(t._datetime_complete_utc, dialect)
     is_open = and_(t._datetime_start_utc.is_not(None), t._datetime_complete_utc.is_(None))
     finite = case((val.value_type == models.TrialValueModel.TrialValueType.FINITE, val.value))
+    slots = func.coalesce(cast(slots_attr.value_json, Float), 1.0)
+    finished = case(
+        (t._datetime_complete_utc.is_not(None), func.coalesce(cast(device_s.value_json, Float), (end - start) / slots))
+    )
     query = (
         select(
             t.state,
             attr.value_json,
             func.count(),
-            func.coalesce(func.sum(end - start), 0.0),
+            func.coalesce(func.sum(finished), 0.0),
             func.count(case((is_open, 1))),
-            func.coalesce(func.sum(case((is_open, start))), 0.0),
+            func.coalesce(func.sum(case((is_open, start / slots))), 0.0),
+            func.coalesce(func.sum(case((is_open, 1.0 / slots))), 0.0),
             func.min(finite),
             func.max(finite),
         )
         .outerjoin(attr, and_(attr.trial_id == t.trial_id, attr.key == "outcome"))
+        .outerjoin(device_s, and_(device_s.trial_id == t.trial_id, device_s.key == DEVICE_S))
+        .outerjoin(slots_attr, and_(slots_attr.trial_id == t.trial_id, slots_attr.key == PACK_SLOTS))
         .outerjoin(val, and_(val.trial_id == t.trial_id, val.objective == 0))
         .where(t.study_id == study_id)
         .group_by(t.state, attr.value_json)
@@ -348,10 +363,11 @@ def _trial_groups(backend: RDBStorage, study_id: int, before: int | None = None)
             float(finished_s),
             int(open_count),
             float(open_start_s),
+            float(open_weight),
             None if low is None else float(low),
             None if high is None else float(high),
         )
-        for state, outcome, count, finished_s, open_count, open_start_s, low, high in rows
+        for state, outcome, count, finished_s, open_count, open_start_s, open_weight, low, high in rows
     ]
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -105,6 +106,7 @@ def test_a_packed_worker_gives_every_trial_the_value_it_gets_alone_and_records_t
     ledger.record_launch(load_spec(tmp_path / "alone.toml"), {"irnn": alone})
 
     work({alone.study_name: alone}, checkpoint_root=tmp_path / "c1", stop=threading.Event())
+    started = time.monotonic()
     ran = work(
         {packed.study_name: packed},
         checkpoint_root=tmp_path / "c2",
@@ -113,7 +115,17 @@ def test_a_packed_worker_gives_every_trial_the_value_it_gets_alone_and_records_t
         ledger=ledger,
         pack=3,
     )
+    held = time.monotonic() - started
     assert ran == 5
+    # Device time: each trial counts its share of the pack's wall time, so the study's total is at
+    # most the time the worker held the device, while the members' wall times overlap.
+    trials = packed.get_trials()
+    assert {t.user_attrs["pack_slots"] for t in trials} == {3}
+    shares = [t.user_attrs["device_s"] for t in trials]
+    walls = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]  # type: ignore[operator]
+    assert all(0 < s < w for s, w in zip(shares, walls, strict=True)), (shares, walls)
+    assert sum(shares) <= held < sum(walls)
+    assert math.isclose(usage(packed).device_hours * 3600, sum(shares), rel_tol=1e-6)
     single, multi = _values(alone), _values(packed)
     assert set(single) == set(multi) and len(single) == 5
     # tests/packed holds members to 1e-5 of train() step by step. Here the first report (step 10)

@@ -177,7 +177,6 @@ def test_usage_from_one_aggregate_query_equals_usage_from_frozen_trials(
     """Budgets and status read one aggregate query (by state and outcome); they must count exactly
     what the ``FrozenTrial`` reading counts (released and surplus trials excluded, best finite
     value, wall time), and the surplus check counts only the trials numbered before its own."""
-    import math
 
     from irnn_search.service import search
 
@@ -215,9 +214,11 @@ def test_usage_from_one_aggregate_query_equals_usage_from_frozen_trials(
         ]
 
     assert search.trial_groups(study._storage, study._study_id) is not None
+    read_at = time.time()
     narrow, narrow_ahead = search.usage(study), ahead()
     monkeypatch.setattr(search, "trial_groups", lambda storage, study_id, before=None: None)
     full, full_ahead = search.usage(study), ahead()
+    between = time.time() - read_at  # the running trial's device time grows meanwhile, 1 s a second
     assert narrow_ahead == full_ahead == [0, 1, 2, 3, 3, 3, 4, 4, 5, 5]
     assert (narrow.finished, narrow.complete, narrow.pruned, narrow.failed, narrow.running, narrow.waiting) == (
         4,
@@ -230,7 +231,43 @@ def test_usage_from_one_aggregate_query_equals_usage_from_frozen_trials(
     assert (full.finished, full.complete, full.pruned, full.failed, full.running, full.waiting) == (4, 2, 1, 1, 1, 1)
     assert narrow.best == full.best == 0.25
     assert narrow.device_hours * 3600 > 1.2
-    assert math.isclose(narrow.device_hours * 3600, full.device_hours * 3600, abs_tol=0.5)
+    assert narrow.device_hours * 3600 - 0.5 <= full.device_hours * 3600 <= narrow.device_hours * 3600 + between + 0.5
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_packed_trial_counts_its_share_of_the_device_not_its_wall_time(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device-hours (budgets, status, reports): a trial alone counts its wall time; a packed one
+    its ``device_s`` once it has ended, and wall time / ``pack_slots`` while it runs; the aggregate
+    query and the ``FrozenTrial`` reading agree."""
+    import math
+
+    from irnn_search.service import search
+    from irnn_search.service.storage import DEVICE_S, PACK_SLOTS
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="shares", storage=open_storage(url, heartbeat_s=None))
+    alone, packed_done, packed_running = study.ask(), study.ask(), study.ask()
+    for trial in (packed_done, packed_running):
+        trial.set_user_attr(PACK_SLOTS, 4)
+    time.sleep(1.2)
+    study.tell(alone, 1.0)  # ~1.2 s of wall time
+    packed_done.set_user_attr(DEVICE_S, 100.0)  # its share, whatever its wall time
+    study.tell(packed_done, 2.0)
+    # packed_running: 1.2 s so far over 4 slots, ~0.3 s
+    study = optuna.load_study(study_name="shares", storage=open_storage(url, heartbeat_s=None))
+
+    assert search.trial_groups(study._storage, study._study_id) is not None
+    narrow = search.usage(study).device_hours * 3600
+    monkeypatch.setattr(search, "trial_groups", lambda storage, study_id, before=None: None)
+    full = search.usage(study).device_hours * 3600
+    assert 101.4 < narrow < 104.0, narrow  # 1.2 alone + 100 packed + 0.3 running, with slack for a slow machine
+    assert math.isclose(narrow, full, abs_tol=0.5)
+    by_number = {t.number: search.device_seconds(t) for t in study.get_trials()}
+    assert by_number[packed_done.number] == 100.0
+    assert 0.25 < by_number[packed_running.number] < 1.0 < by_number[alone.number]
 
 
 def _ours_and_plain(

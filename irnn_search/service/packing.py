@@ -85,17 +85,18 @@ def run_pack(
     attempts: dict[int, Attempt] = {}
     ran = 0
     beats = Heartbeats(study)
-    clock = [time.monotonic()]  # when the pack's wall time was last shared out among its trials
+    clock = time.monotonic()  # when the pack's wall time was last shared out among its trials
     shares: dict[int, float] = {}  # trial number -> its share so far, seconds
 
     def accrue() -> None:
         """Split the wall time since the last call evenly among the trials in the pack now."""
+        nonlocal clock
         now = time.monotonic()
         if attempts:
-            share = (now - clock[0]) / len(attempts)
+            share = (now - clock) / len(attempts)
             for number in attempts:
                 shares[number] = shares.get(number, 0.0) + share
-        clock[0] = now
+        clock = now
 
     def member(attempt: Attempt, i: int) -> Member:
         seed = spec.seeds[i]

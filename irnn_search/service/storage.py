@@ -281,9 +281,9 @@ class TrialGroup:
     outcome: str | None
     count: int
     finished_s: float  # summed device time of those with a start and an end (``search.device_seconds``)
-    open_count: int  # started, not ended (running)
+    # Those started, not ended (running): their device time so far is open_weight·now - open_start_s.
     open_start_s: float  # their start times (s since the epoch, UTC), each over its pack's slots, summed
-    open_weight: float  # their 1 / pack slots, summed: running device time = open_weight·now - open_start_s
+    open_weight: float  # their 1 / pack slots, summed
     low: float | None  # the lowest and highest finite first-objective value
     high: float | None
 
@@ -338,7 +338,6 @@ def _trial_groups(backend: RDBStorage, study_id: int, before: int | None = None)
             attr.value_json,
             func.count(),
             func.coalesce(func.sum(finished), 0.0),
-            func.count(case((is_open, 1))),
             func.coalesce(func.sum(case((is_open, start / slots))), 0.0),
             func.coalesce(func.sum(case((is_open, 1.0 / slots))), 0.0),
             func.min(finite),
@@ -361,13 +360,12 @@ def _trial_groups(backend: RDBStorage, study_id: int, before: int | None = None)
             json.loads(outcome) if outcome else None,
             int(count),
             float(finished_s),
-            int(open_count),
             float(open_start_s),
             float(open_weight),
             None if low is None else float(low),
             None if high is None else float(high),
         )
-        for state, outcome, count, finished_s, open_count, open_start_s, open_weight, low, high in rows
+        for state, outcome, count, finished_s, open_start_s, open_weight, low, high in rows
     ]
 
 

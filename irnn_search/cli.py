@@ -547,13 +547,18 @@ def status_cmd(
         stamp = f"[dim]{time.strftime('%H:%M:%S')}, every {watch:g} s; Ctrl-C to stop[/]"
         return Group(*_status_renderables(data), stamp)
 
+    # Ctrl-C sets a flag rather than raising KeyboardInterrupt: raised inside a garbage-collection
+    # callback (SQLAlchemy's), Python reports it as "ignored" and the redraws would go on.
+    import threading
+
+    stopped = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
     try:
         with Live(frame(), console=_console(), auto_refresh=False) as live:
-            while True:
-                time.sleep(watch)
+            while not stopped.wait(watch):
                 live.update(frame(), refresh=True)
-    except KeyboardInterrupt:
-        return
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _status_data(settings: Any) -> dict[str, Any]:

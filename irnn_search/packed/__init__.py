@@ -7,12 +7,13 @@ leading trial axis and running one ``bmm`` per time step for all of them multipl
 optimizer and its options, clip incl. off), divergence checks, evaluations, report hook and
 checkpoints (``train()``'s format: a member checkpointed in a pack resumes alone with
 ``train()``, and the other way round). Tests check metrics and final parameters equal to a run
-alone within 1e-5.
+alone within 1e-5 in float32 (1e-10 in float64 for trials whose float32 trajectories amplify
+rounding), for every family.
 
 Which members can be packed::
 
     from irnn_search.packed import packable, why_not_packable
-    packable("irnn")                     # family level: irnn, rnn, lstm, rnn-orth, exprnn, cayley
+    packable("irnn")                     # family level: every family of the zoo
     why_not_packable(run.model, run.task)  # None, or a sentence for the log: train it alone
 
 Build members exactly as for ``train()`` (``irnn_search.service.single.prepare_run`` seeds and
@@ -42,11 +43,13 @@ initialises the model), then run them::
 Packing rules: members with the same family, variant (nonlinearity) and parameter shapes share one
 pack; different hidden sizes go to different packs (bucketing; measured against padding in
 ``benchmarks/README.md``), stepped one after another. Members with different optimizers share a
-pack (one vectorised update per optimizer kind). Token tasks (PTB: embeddings, state carried
-between batches) and the families dtriv, scornn, nnrnn, asrnn and eurnn are not packed:
-``add``/``train_packed`` raise ``PackError`` for them, so check ``why_not_packable`` first.
+pack (one vectorised update per optimizer kind). What a family does beyond its parameters is
+packed too: dtriv's rebases (its buffers are stacked and checkpointed per member), nnRNN's loss
+penalty and its T group's weight decay, scoRNN's ±1 diagonal. Token tasks (PTB: embeddings, state
+carried between batches) are not packed: ``add``/``train_packed`` raise ``PackError`` for them,
+so check ``why_not_packable`` first.
 
-Speed: the Elman families (irnn, rnn, rnn-orth with tanh) and the LSTM use a hand-written backward
+Speed: every family runs a hand-written backward of its time loop
 (``irnn_search.packed.scan``: the weight gradients in one matmul over all time steps; members
 match a run alone to float rounding, 1e-5 in the tests); ``train_packed(..., fused_backward=False)``
 or ``PackedTrainer(fused_backward=False)`` keeps autograd's step-by-step backward (bit for bit

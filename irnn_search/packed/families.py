@@ -25,9 +25,21 @@ Members with different hidden sizes go to different packs (bucketing, ``pack_key
 the 2-core CI machine, two packs of 8 (hidden 64 and 128) ran 91.7 model-steps/s against 68.3 for
 one pack of 16 padded to 128 before any masking cost (``benchmarks/README.md``).
 
-Not packed (``why_not_packable`` says why): families with per-step state outside their
-parameters or extra loss terms (dtriv rebases, nnRNN's penalty, scoRNN's Cayley-step optimizer,
-asRNN, EURNN), and token tasks (embeddings, state carried between batches).
+Every family of the zoo packs. What goes beyond parameters has its own packed counterpart:
+
+- **state in buffers** (``PackedFamily.buffers``) is stacked like the parameters and written back
+  to each member with them: dtriv's ``base`` and rebase counters, scoRNN's ±1 diagonal;
+- **per-member constants from the config** ride along the same way (not written back): dtriv's
+  rebase period K and projection period M, nnRNN's penalty weight δ, asRNN's ``eps``;
+- **a loss penalty** (``PackedFamily.penalty``, nnRNN's ``δ·Σ(α−1)²``) is one value per member,
+  added to that member's loss before the backward pass, as ``train()`` adds it;
+- **work after the optimizer step** (``PackedFamily.after_step``, dtriv's rebase every K steps
+  and projection onto O(n) every M rebases) runs for exactly the members whose update was applied,
+  each on its own step count.
+
+Not packed (``why_not_packable`` says why, and the member trains alone): token tasks (embeddings,
+state carried between batches), and any model with a parameter or buffer a packed family does not
+cover.
 """
 
 from __future__ import annotations
@@ -39,12 +51,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from irnn_search.models.asrnn import ASRNN
 from irnn_search.models.base import RecurrentModel, State, param
 from irnn_search.models.elman import ElmanRNN
-from irnn_search.models.exprnn import OrthogonalRNN
+from irnn_search.models.eurnn import EURNN, layer_pairs
+from irnn_search.models.exprnn import DTriv, OrthogonalRNN
 from irnn_search.models.lstm import LSTM
 from irnn_search.models.modrelu import modrelu
-from irnn_search.models.orthogonal import cayley_map, raw_parameter, skew
+from irnn_search.models.nnrnn import NNRNN
+from irnn_search.models.orthogonal import SignFlip, cayley_map, parametrizations, raw_parameter, skew
 from irnn_search.models.rnn_orth import RNNOrth
 from irnn_search.packed.scan import Activation, Workspace, elman_scan, lstm_scan, project_in_loop
 from irnn_search.tasks.base import Task
@@ -106,6 +121,15 @@ class PackedFamily:
     recurrence: Recurrence
     variant: Callable[[RecurrentModel], tuple[Any, ...]] = lambda model: ()
     fused: Callable[[tuple[Any, ...]], FusedRecurrence | None] = lambda variant: None
+    #: Non-trainable tensors of a member (packed name -> tensor), stacked like the parameters and
+    #: passed to the recurrence with them: the model's buffers (written back with the parameters)
+    #: and constants made from its config (not written back).
+    buffers: Callable[[RecurrentModel], dict[str, Tensor]] = lambda model: {}
+    #: Per-member loss penalty [K] from the stacked parameters and buffers (nnRNN's), or None.
+    penalty: Callable[[Params], Tensor] | None = None
+    #: Runs after every optimizer step on the pack's model, for the members (pack indices) whose
+    #: update was applied (dtriv's rebase), or None.
+    after_step: Callable[[PackedModel, list[int]], None] | None = None
 
 
 def _readout_params(model: RecurrentModel) -> dict[str, Tensor]:
@@ -243,6 +267,196 @@ def _orth_variant(model: RecurrentModel) -> tuple[Any, ...]:
     return ("exp" if model.family == "exprnn" else "cayley",)
 
 
+def _modrelu_family(
+    name: str,
+    params: Callable[[RecurrentModel], dict[str, Tensor]],
+    matrix: Callable[[Params, tuple[Any, ...]], Tensor],
+    variant: Callable[[RecurrentModel], tuple[Any, ...]] = lambda model: (),
+    **hooks: Any,
+) -> PackedFamily:
+    """A family ``h_t = modrelu(W_in x_t + W h_{t−1})`` whose recurrent matrix ``W`` (column form,
+    [K, H, H]) ``matrix(params, variant)`` builds once per forward for all K members."""
+
+    def recurrence(p: Params, x: Tensor, v: tuple[Any, ...]) -> tuple[Tensor, State]:
+        W = matrix(p, v)
+        return _loop(_project(x, p["w_in"], None), _zeros(x, W.shape[-1]), W, _act(p, ("modrelu",)))
+
+    def fused(p: Params, x: Tensor, v: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
+        return _elman_scan(x, p["w_in"], None, matrix(p, v), "modrelu", ws, p["act_b"])
+
+    return PackedFamily(name, params, recurrence, variant, lambda v: fused, **hooks)
+
+
+# -- scoRNN: Cayley(S)·D, D a fixed ±1 diagonal per member ---------------------------------------
+def _scornn_buffers(model: RecurrentModel) -> dict[str, Tensor]:
+    assert isinstance(model, OrthogonalRNN)
+    flip = parametrizations(model.recurrent)[-1]
+    assert isinstance(flip, SignFlip)
+    return {"signs": flip.signs}
+
+
+def _scornn_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
+    # SignFlip: Q · D scales the columns of each member's Q by its own signs.
+    return cayley_map(skew(p["skew"])) * p["signs"].unsqueeze(1)
+
+
+# -- dtriv: base · expm(S), rebased every K steps ----------------------------------------------------
+def _dtriv_buffers(model: RecurrentModel) -> dict[str, Tensor]:
+    assert isinstance(model, DTriv)
+    dyn = model.dynamic
+    return {
+        "base": dyn.base,
+        "steps": dyn.steps,
+        "rebases": dyn.rebases,
+        "rebase_every": torch.tensor(dyn.K),
+        "project_every": torch.tensor(dyn.M),
+    }
+
+
+def _dtriv_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
+    return p["base"] @ torch.linalg.matrix_exp(skew(p["skew"]))
+
+
+def _dtriv_after_step(model: PackedModel, stepped: list[int]) -> None:
+    """``dynamic_step`` for each member whose update was applied: count the step; rebase the
+    members at their K-th step (``base ← base·expm(S)``, ``S ← 0``), and project onto O(n) by SVD
+    those at their M-th rebase. Optimizer statistics of S are kept, as the model alone keeps them."""
+    if not stepped:
+        return
+    b = model.buffers
+    with torch.no_grad():
+        index = torch.tensor(stepped, dtype=torch.long, device=b["steps"].device)
+        b["steps"].index_add_(0, index, torch.ones_like(index))
+        due = [k for k in stepped if int(b["steps"][k]) >= int(b["rebase_every"][k])]
+        if not due:
+            return
+        rows = torch.tensor(due, dtype=torch.long, device=index.device)
+        raw = model.params["skew"].detach()
+        moved = b["base"].index_select(0, rows) @ torch.linalg.matrix_exp(skew(raw.index_select(0, rows)))
+        b["base"].index_copy_(0, rows, moved)
+        raw.index_fill_(0, rows, 0.0)
+        b["steps"].index_fill_(0, rows, 0)
+        b["rebases"].index_add_(0, rows, torch.ones_like(rows))
+        project = [k for k in due if int(b["rebases"][k]) >= int(b["project_every"][k])]
+        if project:
+            rows = torch.tensor(project, dtype=torch.long, device=index.device)
+            U, _, Vh = torch.linalg.svd(b["base"].index_select(0, rows))
+            b["base"].index_copy_(0, rows, U @ Vh)
+            b["rebases"].index_fill_(0, rows, 0)
+
+
+# -- nnRNN: P(Λ+T)Pᵀ, penalty δ·Σ(α−1)², weight decay on T ---------------------------------------------
+def _nnrnn_params(model: RecurrentModel) -> dict[str, Tensor]:
+    assert isinstance(model, NNRNN)
+    return {
+        **_readout_params(model),
+        "w_in": model.input_kernel.weight,
+        "skew": model.skew_parameter,
+        "alpha": model.alpha,
+        "theta": model.theta,
+        "T": model.T,
+        "act_b": model.nonlinearity.b,
+    }
+
+
+def _nnrnn_buffers(model: RecurrentModel) -> dict[str, Tensor]:
+    assert isinstance(model, NNRNN)
+    return {"delta": torch.tensor(model.config.delta)}
+
+
+def _rotation_blocks(alpha: Tensor, theta: Tensor) -> Tensor:
+    """``rotation_blocks`` for K members at once: [K, n/2] scales and angles -> [K, n, n], each
+    2×2 block ``α [[cos θ, −sin θ], [sin θ, cos θ]]`` on the diagonal (entries placed, not summed)."""
+    K, half = alpha.shape
+    c, s = alpha * torch.cos(theta), alpha * torch.sin(theta)
+    blocks = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)  # [K, n/2, 2, 2]
+    eye = torch.eye(half, dtype=alpha.dtype, device=alpha.device)
+    return torch.einsum("kiab,ij->kiajb", blocks, eye).reshape(K, 2 * half, 2 * half)
+
+
+def _nnrnn_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
+    P = torch.linalg.matrix_exp(skew(p["skew"]))
+    rec = P @ (_rotation_blocks(p["alpha"], p["theta"]) + p["T"].triu(1)) @ P.mT
+    return rec.mT  # the model applies h @ rec: in column form that is rec transposed
+
+
+def _nnrnn_penalty(p: Params) -> Tensor:
+    return p["delta"] * (p["alpha"] - 1.0).square().sum(dim=1)
+
+
+# -- EURNN: a product of Givens-rotation layers ------------------------------------------------------
+def _eurnn_params(model: RecurrentModel) -> dict[str, Tensor]:
+    assert isinstance(model, EURNN)
+    angles = {f"angle{i}": theta for i, theta in enumerate(model.angles)}
+    return {**_readout_params(model), "w_in": model.input_kernel.weight, "act_b": model.nonlinearity.b, **angles}
+
+
+def _eurnn_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
+    """``givens_product`` for K members: each layer rotates pairs of rows of every member's W."""
+    (layers,) = variant
+    first = p["angle0"]
+    K, n = first.shape[0], p["w_in"].shape[1]
+    W = torch.eye(n, dtype=first.dtype, device=first.device).expand(K, n, n)
+    for layer in range(layers):
+        theta = p[f"angle{layer}"]
+        a, b = (i.to(theta.device) for i in layer_pairs(n, layer))
+        c, s = torch.cos(theta).unsqueeze(-1), torch.sin(theta).unsqueeze(-1)  # [K, pairs, 1]
+        Wa, Wb = W[:, a], W[:, b]
+        W = W.index_copy(1, a, c * Wa - s * Wb).index_copy(1, b, s * Wa + c * Wb)
+    return W
+
+
+# -- asRNN: h = W_f⁻¹ tanh(W_f z), run as y_t = tanh(W_f(W_xh x_t + b) + R y_{t−1}) --------------------
+def _asrnn_params(model: RecurrentModel) -> dict[str, Tensor]:
+    assert isinstance(model, ASRNN)
+    return {
+        **_readout_params(model),
+        "w_in": model.input_kernel.weight,
+        "b_in": model.input_kernel.bias,
+        "skew": model.recurrent_skew,
+        "skew_f": model.U_f_skew,
+        "S": model.S,
+    }
+
+
+def _asrnn_buffers(model: RecurrentModel) -> dict[str, Tensor]:
+    assert isinstance(model, ASRNN)
+    return {"eps": torch.tensor(model.config.eps)}
+
+
+def _asrnn_maps(p: Params, variant: tuple[Any, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """``Wf_t``, ``Wf_inv_t`` and ``R_t`` of ``ASRNN.recurrence`` for every member ([K, H, H])."""
+    orth = torch.linalg.matrix_exp if variant[0] == "exprnn" else cayley_map
+    W_hh, U_f = orth(skew(p["skew"])), orth(skew(p["skew_f"]))
+    d = p["S"].abs() + p["eps"].unsqueeze(1)  # [K, H]
+    Wf_t = d.unsqueeze(2) * U_f.mT
+    Wf_inv_t = U_f / d.unsqueeze(1)
+    return Wf_t, Wf_inv_t, Wf_inv_t @ W_hh.mT @ Wf_t
+
+
+def _asrnn_out(ys: Tensor, Wf_inv_t: Tensor) -> tuple[Tensor, State]:
+    """``h_t = W_f⁻¹ y_t`` for every step in one matmul: ``ys`` [T, K, B, H] -> hs, last."""
+    T, K, B, H = ys.shape
+    hs = torch.bmm(ys.transpose(0, 1).reshape(K, T * B, H), Wf_inv_t).view(K, T, B, H).transpose(0, 1)
+    return hs, hs[-1]
+
+
+def _asrnn(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, State]:
+    Wf_t, Wf_inv_t, R_t = _asrnn_maps(p, variant)
+    drive = torch.matmul(_project(x, p["w_in"], p["b_in"]), Wf_t)  # [T, K, B, H] @ [K, H, H]
+    ys, _ = _loop(drive, _zeros(x, R_t.shape[-1]), R_t.mT, torch.tanh)
+    return _asrnn_out(ys, Wf_inv_t)
+
+
+def _asrnn_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
+    Wf_t, Wf_inv_t, R_t = _asrnn_maps(p, variant)
+    K, T, B, _ = x.shape
+    H = R_t.shape[-1]
+    drive = torch.bmm(_project_members_first(x, p["w_in"], p["b_in"]).view(K, T * B, H), Wf_t)
+    ys, _ = elman_scan(drive.view(K, T, B, H), _zeros(x, H), R_t.mT, "tanh", ws)
+    return _asrnn_out(ys, Wf_inv_t)
+
+
 FAMILIES: dict[str, PackedFamily] = {
     "irnn": PackedFamily("irnn", _elman_params, _elman, lambda m: ("relu",), lambda v: _elman_fused),
     "rnn": PackedFamily("rnn", _elman_params, _elman, lambda m: ("tanh",), lambda v: _elman_fused),
@@ -256,6 +470,25 @@ FAMILIES: dict[str, PackedFamily] = {
     ),
     "exprnn": PackedFamily("exprnn", _orth_params, _orthogonal, _orth_variant, lambda v: _orthogonal_fused),
     "cayley": PackedFamily("cayley", _orth_params, _orthogonal, _orth_variant, lambda v: _orthogonal_fused),
+    "scornn": _modrelu_family("scornn", _orth_params, _scornn_matrix, buffers=_scornn_buffers),
+    "dtriv": _modrelu_family(
+        "dtriv", _orth_params, _dtriv_matrix, buffers=_dtriv_buffers, after_step=_dtriv_after_step
+    ),
+    "nnrnn": _modrelu_family("nnrnn", _nnrnn_params, _nnrnn_matrix, buffers=_nnrnn_buffers, penalty=_nnrnn_penalty),
+    "eurnn": _modrelu_family(
+        "eurnn",
+        _eurnn_params,
+        _eurnn_matrix,
+        lambda m: (m.config.capacity,),  # type: ignore[attr-defined]
+    ),
+    "asrnn": PackedFamily(
+        "asrnn",
+        _asrnn_params,
+        _asrnn,
+        lambda m: (m.config.orth,),  # type: ignore[attr-defined]
+        lambda v: _asrnn_fused,
+        buffers=_asrnn_buffers,
+    ),
 }
 
 
@@ -279,8 +512,12 @@ def why_not_packable(model: RecurrentModel, task: Task) -> str | None:
     missing = [n for n, p in model.named_parameters() if id(p) not in covered]
     if missing:
         return f"{model.family}: parameters {', '.join(missing)} have no packed counterpart"
-    if model.penalty() is not None:
-        return f"{model.family}: adds a loss penalty, which packs do not support"
+    held = {id(b) for b in FAMILIES[model.family].buffers(model).values()}
+    missing = [n for n, b in model.named_buffers() if id(b) not in held]
+    if missing:
+        return f"{model.family}: buffers {', '.join(missing)} have no packed counterpart"
+    if model.penalty() is not None and FAMILIES[model.family].penalty is None:
+        return f"{model.family}: adds a loss penalty that its packed family does not compute"
     return None
 
 
@@ -332,16 +569,42 @@ class PackedModel:
             for name in self.names:
                 stacked = torch.stack([dict(ordered_params(m))[name].detach().to(device) for m in models])
                 self.params[name] = stacked.requires_grad_(True)
+            #: The family's non-trainable tensors, stacked [K, ...] (see ``PackedFamily.buffers``).
+            self.buffers: dict[str, Tensor] = {
+                name: torch.stack([self.family.buffers(m)[name].detach().to(device) for m in models])
+                for name in self.family.buffers(first)
+            }
 
     @property
     def size(self) -> int:
         return int(self.params[self.names[0]].shape[0])
 
     def write_back(self, k: int, model: RecurrentModel) -> None:
-        """Copy member ``k``'s slice into its own model (in place: the model keeps its tensors)."""
+        """Copy member ``k``'s slice into its own model (in place: the model keeps its tensors),
+        its buffers included (constants made from its config have nothing to go back to)."""
         with torch.no_grad():
             for name, p in ordered_params(model):
                 p.copy_(self.params[name][k])
+            own = {id(b) for b in model.buffers()}
+            for name, b in self.family.buffers(model).items():
+                if id(b) in own:
+                    b.copy_(self.buffers[name][k])
+
+    def select(self, index: Tensor) -> dict[str, Tensor]:
+        """The parameters (detached) and buffers of the members ``index``, for ``forward``."""
+        chosen = {n: p.detach().index_select(0, index) for n, p in self.params.items()}
+        return {**chosen, **{n: b.index_select(0, index) for n, b in self.buffers.items()}}
+
+    def penalty(self) -> Tensor | None:
+        """The family's per-member loss penalty [K] (nnRNN's), or None."""
+        if self.family.penalty is None:
+            return None
+        return self.family.penalty({**self.params, **self.buffers})
+
+    def after_step(self, stepped: list[int]) -> None:
+        """The family's work after an optimizer step, for the members ``stepped`` (dtriv's rebase)."""
+        if self.family.after_step is not None:
+            self.family.after_step(self, stepped)
 
     def forward(
         self,
@@ -351,10 +614,10 @@ class PackedModel:
     ) -> tuple[Tensor, State]:
         """Outputs [K, B, O] (``last``) or [K, T, B, O] (``all``) for inputs ``x`` [K, T, B, I].
 
-        ``params`` defaults to the pack's own; pass a subset (e.g. ``params[name][idx]``) to run
+        ``params`` defaults to the pack's own parameters and buffers; pass ``select(index)`` to run
         only some members (evaluation of the members due).
         """
-        p = self.params if params is None else params
+        p = {**self.params, **self.buffers} if params is None else params
         if self.fused is not None:
             hs, state = self.fused(p, x, self.variant, self.workspace)
         else:

@@ -237,10 +237,12 @@ class _Pack:
         x = torch.stack([b.x for b in batches])
         out, new_state = self.model.forward(x, self.readout)
         losses = torch.stack([r.member.task.loss(out[k], batches[k]) for k, r in enumerate(runs)])
+        penalty = self.model.penalty()  # per member, added to its loss as train() adds it
         params = [self.model.params[n] for n in self.model.names]
         for p in params:
             p.grad = None
-        losses.sum().backward()  # members share no parameters: each slice gets its own gradient
+        # Members share no parameters: each slice gets its own gradient.
+        (losses.sum() if penalty is None else (losses + penalty).sum()).backward()
 
         # Per-member clip_grad_norm_: the norm of the per-parameter norms, in parameters() order.
         grads = [p.grad for p in params if p.grad is not None]
@@ -264,6 +266,7 @@ class _Pack:
             elif not hidden_v[k] <= cfg.max_hidden:
                 bad[k] = f"hidden state reached {hidden_v[k]:.3g} (limit {cfg.max_hidden:.3g}) at step {at}"
         self.optim.step(skip=bad)
+        self.model.after_step([k for k in range(K) if k not in bad])  # as train() calls model.after_step()
         for p in params:
             p.grad = None
         share = (time.perf_counter() - t0) / K
@@ -293,7 +296,7 @@ class _Pack:
         metrics: dict[int, dict[str, float]] = {}
         for members in groups.values():
             index = torch.tensor(members, dtype=torch.long, device=self.device)
-            params = {n: p.detach().index_select(0, index) for n, p in self.model.params.items()}
+            params = self.model.select(index)
             tasks = [self.runs[k].member.task for k in members]
             totals: list[dict[str, float]] = [{} for _ in members]
             for batches in zip(*(t.eval_batches("val") for t in tasks), strict=True):
@@ -315,10 +318,10 @@ class PackedTrainer:
     stopped, diverged, or whose report hook raised); ``interrupt()`` checkpoints every member and
     returns them all as ``"interrupted"``. ``train_packed`` is the loop around these.
 
-    ``fused_backward`` (default True): the Elman families (irnn, rnn, rnn-orth with tanh) and the LSTM run the
-    hand-written backward of ``irnn_search.packed.scan`` (weight gradients in one matmul over all
-    steps; members match ``train()`` to rounding); False keeps autograd's step-by-step backward
-    (bit for bit ``train()``'s on CPU, slower; kept for comparison).
+    ``fused_backward`` (default True): every family runs the hand-written backward of its time
+    loop (``irnn_search.packed.scan``: weight gradients in one matmul over all steps; members
+    match ``train()`` to rounding); False keeps autograd's step-by-step backward (kept for
+    comparison; bit for bit ``train()``'s on CPU where the batched ops sum as the model's do).
     """
 
     def __init__(self, fused_backward: bool = True) -> None:

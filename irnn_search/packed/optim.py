@@ -16,7 +16,8 @@ The update rules repeat ``torch.optim``'s single-tensor (CPU default) code eleme
 SGD with momentum (first step: the buffer is the gradient), Adam (``lerp`` first moment, bias
 corrections from the member's own step count, ``eps`` added after dividing by
 ``sqrt(bias_correction2)``) and RMSprop (not centered, no momentum, as ``build_optimizer`` builds
-it). Anything else (weight decay, Nesterov, AMSGrad, ...) is refused with ``PackError``.
+it), each with torch's coupled L2 ``weight_decay`` per parameter group (nnRNN's ``T``). Anything
+else (Nesterov, AMSGrad, dampening, ...) is refused with ``PackError``.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ class PackError(ValueError):
 def optimizer_kind(opt: torch.optim.Optimizer) -> str:
     """``sgd`` | ``adam`` | ``rmsprop``; PackError for other optimizers or options."""
     if type(opt) is torch.optim.SGD:
-        kind, defaults = "sgd", {"dampening": 0, "nesterov": False, "weight_decay": 0, "maximize": False}
+        kind, defaults = "sgd", {"dampening": 0, "nesterov": False, "maximize": False}
     elif type(opt) is torch.optim.Adam:
-        kind, defaults = "adam", {"amsgrad": False, "weight_decay": 0, "maximize": False}
+        kind, defaults = "adam", {"amsgrad": False, "maximize": False}
     elif type(opt) is torch.optim.RMSprop:
-        kind, defaults = "rmsprop", {"centered": False, "momentum": 0, "weight_decay": 0, "maximize": False}
+        kind, defaults = "rmsprop", {"centered": False, "momentum": 0, "maximize": False}
     else:
         raise PackError(f"packs support SGD, Adam and RMSprop, not {type(opt).__name__}")
     for group in opt.param_groups:
@@ -191,13 +192,14 @@ def _hyper(kind: str, group: Mapping[str, object]) -> dict[str, float]:
         assert isinstance(value, int | float | Tensor), key
         return float(value)
 
+    decay = {"weight_decay": f("weight_decay") if "weight_decay" in group else 0.0}
     if kind == "sgd":
-        return {"lr": f("lr"), "momentum": f("momentum")}
+        return {"lr": f("lr"), "momentum": f("momentum"), **decay}
     if kind == "adam":
         betas = group["betas"]
         assert isinstance(betas, tuple | list)
-        return {"lr": f("lr"), "beta1": float(betas[0]), "beta2": float(betas[1]), "eps": f("eps")}
-    return {"lr": f("lr"), "alpha": f("alpha"), "eps": f("eps")}
+        return {"lr": f("lr"), "beta1": float(betas[0]), "beta2": float(betas[1]), "eps": f("eps"), **decay}
+    return {"lr": f("lr"), "alpha": f("alpha"), "eps": f("eps"), **decay}
 
 
 def _buffers(kind: str) -> tuple[str, ...]:
@@ -208,6 +210,14 @@ def _update(
     kind: str, w: Tensor, g: Tensor, st: dict[str, Tensor], hp: dict[str, list[float]], steps: list[float]
 ) -> None:
     """One in-place update of gathered rows ``w`` [Kk, ...], mirroring torch.optim element-wise."""
+    decay = hp["weight_decay"]
+    if any(decay):
+        # torch.optim's (coupled) L2 weight decay, grad + weight_decay · param before the update
+        # rule (nnRNN's T group), with torch's own op per distinct value, so the rounding is its.
+        g = g.clone()
+        for value in sorted(set(decay) - {0.0}):
+            rows = torch.tensor([j for j, d in enumerate(decay) if d == value], device=g.device)
+            g.index_copy_(0, rows, g.index_select(0, rows).add(w.index_select(0, rows), alpha=value))
     if kind == "sgd":
         buf = st["momentum_buffer"]
         # A fresh buffer is zeros: 0·m + g == g exactly, torch's "first step: buf = grad".

@@ -4,12 +4,14 @@ across packed and alone, without disturbing one another."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from irnn_search.packed import Member, PackedTrainer, PackError, packable, train_packed, why_not_packable
+from irnn_search.models import MODELS, build_model
+from irnn_search.packed import Member, PackedTrainer, PackError, families, packable, train_packed, why_not_packable
 from irnn_search.train import train
 from tests.packed._trials import Spec, assert_same_history, assert_same_params
 
@@ -104,11 +106,15 @@ def test_mixed_hidden_sizes_and_families_train_in_separate_packs_each_as_alone()
         assert_same_params(member.model, model)
 
 
-@pytest.mark.parametrize("family", ["irnn", "exprnn", "lstm"])
+# dtriv rebases every 5 steps and projects every 2 rebases: its buffers (base, counters) go into
+# the checkpoint mid-period at steps 8 and 16 and must come back for the resumed run to match.
+@pytest.mark.parametrize(
+    ("family", "options"), [("irnn", {}), ("exprnn", {}), ("lstm", {}), ("dtriv", {"K": 5, "M": 2})]
+)
 def test_checkpointed_in_a_pack_resumes_alone_and_checkpointed_alone_resumes_in_a_pack(
-    family: str, tmp_path: Path
+    family: str, options: dict[str, int], tmp_path: Path
 ) -> None:
-    spec = Spec(family, {}, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 1e-3})
+    spec = Spec(family, options, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 1e-3})
     model_full, full = spec.alone()
 
     # pack (16 steps) -> alone (to 24)
@@ -160,15 +166,32 @@ def test_a_foreign_checkpoint_fails_only_its_member(tmp_path: Path) -> None:
     assert res[id(fine)].result.outcome == "completed"  # type: ignore[attr-defined]
 
 
-def test_unpackable_families_and_token_tasks_are_named_with_a_reason() -> None:
-    assert packable("irnn") and packable("lstm") and packable("exprnn")
-    assert not packable("dtriv") and not packable("nnrnn")
-    dtriv = Spec("dtriv", {}, {})
-    member = dtriv.member()
+def test_every_family_packs_and_what_cannot_is_named_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(MODELS) == set(families.FAMILIES)
+    for family in MODELS:
+        member = Spec(family, {}, {}).member()
+        assert packable(family) and why_not_packable(member.model, member.task) is None, family
+
+    # Token inputs: an embedding (PTB's models) is refused.
+    _, task, config = Spec("irnn", {}, {}).build()
+    with_tokens = build_model("irnn", {"hidden_size": 12}, input_size=2, output_size=1, vocab_size=10)
+    why = why_not_packable(with_tokens, task)
+    assert why is not None and "token inputs" in why
+    with pytest.raises(PackError, match="token inputs"):
+        train_packed([Member(with_tokens, task, config)])
+
+    # A family without a packed implementation falls back with its reason.
+    monkeypatch.delitem(families.FAMILIES, "dtriv")
+    member = Spec("dtriv", {}, {}).member()
     why = why_not_packable(member.model, member.task)
     assert why is not None and "dtriv" in why and "one trial at a time" in why
     with pytest.raises(PackError, match="dtriv"):
         train_packed([member])
+
+    # A model with state its packed family does not carry (here: dtriv's buffers, left out).
+    monkeypatch.setitem(families.FAMILIES, "dtriv", replace(families.FAMILIES["exprnn"], name="dtriv"))
+    why = why_not_packable(member.model, member.task)
+    assert why is not None and "buffers" in why and "base" in why
 
 
 def test_the_train_time_of_a_pack_is_shared_among_its_members() -> None:

@@ -27,15 +27,15 @@ def _member(seed: int) -> dict[str, nn.Parameter]:
 def test_mixed_optimizers_update_each_member_exactly_as_torch_optim_over_steps_and_skips() -> None:
     alone = [_member(k) for k in range(len(MEMBERS))]
     ours = [_member(k) for k in range(len(MEMBERS))]
-    # Two groups per member (the second stands for a constrained group with its own lr_orth).
-    opts_alone = [
-        cls([{"params": [m["w"]]}, {"params": [m["b"]], "lr": kw["lr"] / 7}], **kw)
-        for (cls, kw), m in zip(MEMBERS, alone, strict=True)
-    ]
-    opts_ours = [
-        cls([{"params": [m["w"]]}, {"params": [m["b"]], "lr": kw["lr"] / 7}], **kw)
-        for (cls, kw), m in zip(MEMBERS, ours, strict=True)
-    ]
+
+    # Two groups per member (the second stands for a constrained group with its own lr_orth, or
+    # nnRNN's T with its own L2 weight decay: none, or one of two values, within each kind).
+    def groups(k: int, m: dict[str, nn.Parameter]) -> list[dict[str, object]]:
+        decay = (0.0, 0.05, 3e-3)[k % 3]
+        return [{"params": [m["w"]]}, {"params": [m["b"]], "lr": MEMBERS[k][1]["lr"] / 7, "weight_decay": decay}]
+
+    opts_alone = [cls(groups(k, m), **kw) for k, ((cls, kw), m) in enumerate(zip(MEMBERS, alone, strict=True))]
+    opts_ours = [cls(groups(k, m), **kw) for k, ((cls, kw), m) in enumerate(zip(MEMBERS, ours, strict=True))]
     stacked = {n: torch.stack([m[n].detach() for m in ours]).requires_grad_(True) for n in ("w", "b")}
     packed = PackedOptimizer(stacked, list(zip(opts_ours, ours, strict=True)))
     g = torch.Generator().manual_seed(99)

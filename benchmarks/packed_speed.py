@@ -25,7 +25,7 @@ have before any masking). ``--repeat N`` times every cell N times, the ways inte
 prints the median (the machine may be shared).
 
     python benchmarks/packed_speed.py [--quick] [--device cuda] [--steps 20] [--K 1,4,16,64]
-        [--compare-backward] [--repeat 3]
+        [--K-long 1,4,16,64] [--hidden 100,128] [--compare-backward] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from scan_variants import sgemm_rate  # benchmarks/, beside this script
@@ -133,6 +133,7 @@ def sequential_rate(shape: Shape, family: str, K: int, steps: int, device: str) 
 def pool_rate(shape: Shape, family: str, K: int, steps: int, device: str, workers: int) -> float:
     n = min(K, workers)
     cmd = [sys.executable, __file__, "--worker", shape.name, "--family", family, "--steps", str(steps)]
+    cmd += ["--hidden", str(shape.hidden)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
@@ -161,7 +162,7 @@ def pool_rate(shape: Shape, family: str, K: int, steps: int, device: str, worker
 
 def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
-    shape = next(s for s in SHAPES.values() if s.name == args.worker)
+    shape = replace(next(s for s in SHAPES.values() if s.name == args.worker), hidden=int(args.hidden))
     m = _member(shape, args.family, args.seed, args.steps, args.device)
     train(m.model, m.task, TrainConfig(**{**m.config.__dict__, "steps": 2}))  # warm-up
     print("ready", flush=True)
@@ -176,6 +177,9 @@ def main() -> None:
     parser.add_argument("--K", default="1,4,16,64", help="pack sizes for the adding shape")
     parser.add_argument("--K-long", default="1,4,16", help="pack sizes for the T=784 shape")
     parser.add_argument("--steps", type=int, default=20, help="timed steps at T=150 (T=784: a fifth, at least 2)")
+    parser.add_argument(
+        "--hidden", default="", help="hidden sizes to run every shape at, e.g. 100,128 (default: each shape's own)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="threads of the packed and sequential runs")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="one-trial processes in the pool")
     parser.add_argument("--device", default="cpu")
@@ -211,8 +215,10 @@ def main() -> None:
         "| packed GFLOP/s | of the large matmul's rate | trials/hour packed | trials/hour pool |"
     )
     print(f"|---|---:|---:|{extra_rule}---:|---:|---:|---:|---:|---:|---:|---:|")
-    for key in args.shapes.split(","):
-        shape = SHAPES[key]
+    shapes = [SHAPES[key] for key in args.shapes.split(",")]
+    if args.hidden:
+        shapes = [replace(s, hidden=int(h)) for s in shapes for h in args.hidden.split(",")]
+    for shape in shapes:
         ks = args.K if shape.T <= 150 else args.K_long
         steps = args.steps if shape.T <= 150 else max(2, args.steps // 5)
         for K in (int(k) for k in ks.split(",")):

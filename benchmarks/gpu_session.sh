@@ -26,10 +26,10 @@ step device 30 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version_
 # --noconftest: tests/conftest.py brings the server fixtures (sqlalchemy, psycopg), absent there.
 step tests 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest -o addopts="" tests/packed/test_cuda.py
 step scan 60 "$PY" benchmarks/scan_variants.py --device "$DEVICE" --K 64 --repeat 5 --iters 10 --no-compile
-step packed-adding 150 "$PY" benchmarks/packed_speed.py --device "$DEVICE" --shapes adding --K 1,4,16,64,256 \
-  --steps 20 --workers 16
-step packed-smnist 120 "$PY" benchmarks/packed_speed.py --device "$DEVICE" --shapes smnist --K-long 1,16,64,256 \
-  --steps 10 --workers 16
+step packed-adding 150 "$PY" benchmarks/packed_speed.py --device "$DEVICE" --shapes adding --hidden 100,128 \
+  --K 1,4,16,64,256 --steps 10 --workers 16
+step packed-smnist 120 "$PY" benchmarks/packed_speed.py --device "$DEVICE" --shapes smnist --hidden 128,100 \
+  --K-long 1,4,16,64,256 --steps 10 --workers 16
 # Last: torch.compile's first call (forward and backward of a 150-step loop) may take minutes.
 step scan-compile 90 "$PY" benchmarks/scan_variants.py --device "$DEVICE" --K 64 --repeat 3 --iters 10
 exit 0

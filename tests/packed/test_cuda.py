@@ -89,6 +89,11 @@ SPECS = [
     Spec("lstm", {"forget_bias": 1.0}, {"optimizer": "adam", "lr": 3e-3}),
     Spec("exprnn", {"init": "henaff"}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
     Spec("cayley", {}, {"optimizer": "adam", "lr": 1e-3, "lr_orth": 1e-4}),
+    Spec("scornn", {}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
+    Spec("dtriv", {"K": 5, "M": 2}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
+    Spec("nnrnn", {"delta": 1.0, "t_decay": 1e-3}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9}),
+    Spec("eurnn", {}, {"optimizer": "adam", "lr": 2e-3}),
+    Spec("asrnn", {"a": 0.8, "b": 3.0}, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 5e-4}),
 ]
 
 

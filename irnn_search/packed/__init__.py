@@ -36,6 +36,9 @@ initialises the model), then run them::
   an exception the member's report hook raised (e.g. ``optuna.TrialPruned``) or a ``TrainError``
   that kept it from starting. Re-raise it in that trial's context; the other members carried on.
 - ``stop`` set: every member saves ``last.pt`` and ends ``"interrupted"``.
+- A pack step that runs out of device memory (before any update) splits the pack in two halves
+  that retry the step, and packs of that shape are never filled past the half again; a member
+  that does not fit alone leaves with ``error`` = ``torch.OutOfMemoryError``.
 - After a member leaves, its ``model`` holds its final parameters (the last finite ones for a
   diverged member) and ``checkpoint_dir`` its ``last.pt`` / ``best.pt``: evaluate it, test it or
   resume it with the ordinary single-trial tools.

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from irnn_search.models.base import RecurrentModel
+from irnn_search.models.base import RecurrentModel, State
 from irnn_search.packed.families import (
     PackedModel,
     ordered_params,
@@ -97,6 +97,18 @@ class PackedResult:
     member: Member
     result: TrainResult
     error: BaseException | None = None
+
+
+class PackTooLarge(RuntimeError):
+    """A pack step ran out of device memory before any update: retry it in smaller packs."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True for torch's out-of-memory errors: CUDA's ``OutOfMemoryError`` and the CPU allocator's
+    ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
 
 def _new_interval() -> dict[str, float]:
@@ -228,21 +240,39 @@ class _Pack:
         self.model.write_back(k, self.runs[k].member.model)
         self.optim.export(k)
 
-    def train_step(self) -> dict[int, str]:
-        """One optimizer step for every member; returns {index: reason} for members that diverged
-        (their update was not applied)."""
-        t0 = time.perf_counter()
-        runs, K = self.runs, len(self.runs)
+    def _forward_backward(self) -> tuple[torch.Tensor, State]:
+        """Every member's batch, loss and gradients; returns the losses [K] and the final state."""
+        runs = self.runs
         batches = [_to(r.member.task.train_batch(r.step), self.device) for r in runs]
         x = torch.stack([b.x for b in batches])
         out, new_state = self.model.forward(x, self.readout)
         losses = torch.stack([r.member.task.loss(out[k], batches[k]) for k, r in enumerate(runs)])
         penalty = self.model.penalty()  # per member, added to its loss as train() adds it
+        # Members share no parameters: each slice gets its own gradient.
+        (losses.sum() if penalty is None else (losses + penalty).sum()).backward()
+        return losses, new_state
+
+    def train_step(self) -> dict[int, str]:
+        """One optimizer step for every member; returns {index: reason} for members that diverged
+        (their update was not applied)."""
+        t0 = time.perf_counter()
+        runs, K = self.runs, len(self.runs)
         params = [self.model.params[n] for n in self.model.names]
         for p in params:
             p.grad = None
-        # Members share no parameters: each slice gets its own gradient.
-        (losses.sum() if penalty is None else (losses + penalty).sum()).backward()
+        message: str | None = None
+        try:
+            losses, new_state = self._forward_backward()
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
+            message = str(exc).splitlines()[0]
+        if message is not None:
+            # Raised outside the handler, so no traceback keeps the failed step's tensors alive;
+            # nothing was updated yet, so every member can retry this step in a smaller pack.
+            for p in params:
+                p.grad = None
+            raise PackTooLarge(message)
 
         # Per-member clip_grad_norm_: the norm of the per-parameter norms, in parameters() order.
         grads = [p.grad for p in params if p.grad is not None]
@@ -325,7 +355,11 @@ class PackedTrainer:
     """
 
     def __init__(self, fused_backward: bool = True) -> None:
+        #: (pack key, part) -> pack: members of one key share a pack, split into parts only when
+        #: a pack ran out of device memory (``limits``).
         self.packs: dict[tuple[Any, ...], _Pack] = {}
+        #: pack key -> most members per pack, learnt from an out-of-memory step
+        self.limits: dict[tuple[Any, ...], int] = {}
         self.fused_backward = fused_backward
 
     @property
@@ -350,9 +384,44 @@ class PackedTrainer:
         if run.step >= member.config.steps:  # resumed at or past its budget: nothing to train
             return run.result("completed", f"completed {run.step} steps")
         key = pack_key(member.model, member.task, member.config.device)
-        pack = self.packs.get(key)
-        runs = [run] if pack is None else [*self._release(pack), run]
-        self.packs[key] = _Pack(runs, self.fused_backward)
+        limit = self.limits.get(key, math.inf)
+        parts = [part for k, part in self.packs if k == key]
+        part = next((p for p in parts if len(self.packs[key, p].runs) < limit), None)
+        if part is None:
+            part = max(parts, default=-1) + 1
+            self.packs[key, part] = _Pack([run], self.fused_backward)
+        else:
+            self.packs[key, part] = _Pack([*self._release(self.packs[key, part]), run], self.fused_backward)
+        return None
+
+    def _split(self, where: tuple[Any, ...], pack: _Pack, why: str) -> PackedResult | None:
+        """``pack`` ran out of device memory: go on as two packs of half its size (and never fill
+        one of its key past that again). A member alone that does not fit leaves with the error."""
+        key, _ = where
+        del self.packs[where]
+        pack.model.workspace.clear()
+        if pack.device.type == "cuda":
+            torch.cuda.empty_cache()
+        runs = self._release(pack)
+        if len(runs) == 1:
+            (run,) = runs
+            log.warning("%s does not fit in %s memory even alone: %s", run.label, pack.device, why)
+            error = torch.OutOfMemoryError(f"the trial does not fit in {pack.device} memory, even alone: {why}")
+            return run.result("stopped", f"out of {pack.device} memory at step {run.step}", error)
+        half = (len(runs) + 1) // 2
+        self.limits[key] = min(self.limits.get(key, half), half)
+        log.warning(
+            "a pack of %d %s trials ran out of %s memory (%s); it goes on as packs of at most %d",
+            len(runs),
+            runs[0].member.model.family,
+            pack.device,
+            why,
+            self.limits[key],
+        )
+        free = max((p for k, p in self.packs if k == key), default=-1) + 1
+        for i in range(0, len(runs), self.limits[key]):
+            self.packs[key, free] = _Pack(runs[i : i + self.limits[key]], self.fused_backward)
+            free += 1
         return None
 
     def _release(self, pack: _Pack) -> list[_Run]:
@@ -366,7 +435,14 @@ class PackedTrainer:
         for key in list(self.packs):
             pack = self.packs[key]
             gone: dict[int, PackedResult] = {}
-            for k, reason in pack.train_step().items():
+            try:
+                diverged = pack.train_step()
+            except PackTooLarge as exc:
+                alone = self._split(key, pack, str(exc))
+                if alone is not None:
+                    left.append(alone)
+                continue  # the split packs take this step next time round
+            for k, reason in diverged.items():
                 run = pack.runs[k]
                 pack.sync(k)  # parameters of the last finite step: the bad update was skipped
                 log.warning("%s diverged: %s", run.label, reason)
@@ -508,4 +584,4 @@ def train_packed(
     return results
 
 
-__all__ = ["Member", "PackedResult", "PackedTrainer", "train_packed"]
+__all__ = ["Member", "PackTooLarge", "PackedResult", "PackedTrainer", "out_of_memory", "train_packed"]

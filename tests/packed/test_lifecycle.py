@@ -3,15 +3,19 @@ across packed and alone, without disturbing one another."""
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from irnn_search.models import MODELS, build_model
 from irnn_search.packed import Member, PackedTrainer, PackError, families, packable, train_packed, why_not_packable
+from irnn_search.packed.families import PackedModel
 from irnn_search.train import train
 from tests.packed._trials import Spec, assert_same_history, assert_same_params
 
@@ -202,3 +206,70 @@ def test_the_train_time_of_a_pack_is_shared_among_its_members() -> None:
         assert r.result.history[-1]["steps_per_s"] > 0
     assert isinstance(members[0], Member)
     assert torch.get_num_threads() == 1
+
+
+# What the CPU allocator raises when an allocation cannot be met (CUDA raises torch.OutOfMemoryError).
+CPU_OOM = (
+    "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"
+)
+
+
+def _failing_forward(monkeypatch: pytest.MonkeyPatch, fails: Callable[[int, int], bool]) -> list[int]:
+    """Make training steps of packs run out of memory where ``fails(members, hidden)``: the real
+    forward otherwise (evaluation included). Returns the member counts of the training steps."""
+    real = PackedModel.forward
+    sizes: list[int] = []
+
+    def forward(self: PackedModel, x: torch.Tensor, readout: Any, params: Any = None) -> Any:
+        if params is None:  # a training step (evaluation passes the members it runs)
+            sizes.append(x.shape[0])
+            if fails(x.shape[0], self.params["w_hh"].shape[-1]):
+                raise RuntimeError(CPU_OOM)
+        return real(self, x, readout, params)
+
+    monkeypatch.setattr(PackedModel, "forward", forward)
+    return sizes
+
+
+def test_a_pack_out_of_memory_splits_in_half_and_every_member_still_ends_as_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    sizes = _failing_forward(monkeypatch, lambda members, hidden: members > 2)
+    specs = [
+        Spec("irnn", {"identity_scale": 0.2 * (i + 1)}, {"optimizer": "adam", "lr": 1e-3 * (i + 1)}, seed=i)
+        for i in range(7)
+    ]
+    steps = [16] * 5 + [24] * 2
+    pairs = [(s, s.member(config={"steps": n})) for s, n in zip(specs, steps, strict=True)]
+    queue = [m for _, m in pairs[5:]]  # refills as members leave: they join packs of at most 2
+    with caplog.at_level(logging.WARNING):
+        results = train_packed([m for _, m in pairs[:5]], refill=lambda: queue.pop(0) if queue else None, slots=5)
+    res = _by_member(results)
+    assert len(res) == 7
+    for (spec, member), n in zip(pairs, steps, strict=True):
+        model, alone = spec.alone(steps=n)
+        assert res[id(member)].error is None
+        assert res[id(member)].result.outcome == alone.outcome == "completed"
+        assert_same_history(res[id(member)].result.history, alone.history)
+        assert_same_params(member.model, model)
+    # 5 fails, then its parts of 3 and 2; the 3 fails, and every pack after that has at most 2.
+    assert sizes[:3] == [5, 3, 2]
+    assert max(sizes[sizes.index(3) + 1 :]) == 2
+    messages = [r.message for r in caplog.records if "ran out of cpu memory" in r.message]
+    assert len(messages) == 2 and "packs of at most 3" in messages[0] and "packs of at most 2" in messages[1]
+
+
+def test_a_member_that_does_not_fit_alone_leaves_with_the_error_and_the_others_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _failing_forward(monkeypatch, lambda members, hidden: hidden == 20)
+    big = Spec("irnn", {}, {"optimizer": "adam", "lr": 1e-3}, hidden=20)
+    members = [big.member(), STEADY.member(), OTHER.member()]
+    res = _by_member(train_packed(members))
+    assert isinstance(res[id(members[0])].error, torch.OutOfMemoryError)
+    assert "even alone" in str(res[id(members[0])].error)
+    assert res[id(members[0])].result.outcome == "stopped" and res[id(members[0])].result.step == 0
+    for spec, member in ((STEADY, members[1]), (OTHER, members[2])):
+        model, alone = spec.alone()
+        assert_same_history(res[id(member)].result.history, alone.history)
+        assert_same_params(member.model, model)

@@ -320,29 +320,29 @@ def _dtriv_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
 def _dtriv_after_step(model: PackedModel, stepped: list[int]) -> None:
     """``dynamic_step`` for each member whose update was applied: count the step; rebase the
     members at their K-th step (``base ← base·expm(S)``, ``S ← 0``), and project onto O(n) by SVD
-    those at their M-th rebase. Optimizer statistics of S are kept, as the model alone keeps them."""
+    those at their M-th rebase. Optimizer statistics of S are kept, as the model alone keeps them.
+    One host sync per step (which members are due), however many members."""
     if not stepped:
         return
     b = model.buffers
     with torch.no_grad():
         index = torch.tensor(stepped, dtype=torch.long, device=b["steps"].device)
         b["steps"].index_add_(0, index, torch.ones_like(index))
-        due = [k for k in stepped if int(b["steps"][k]) >= int(b["rebase_every"][k])]
-        if not due:
+        # Only a member stepped just now can have reached its K (the others rebased before).
+        due = (b["steps"] >= b["rebase_every"]).nonzero().flatten()
+        if due.numel() == 0:
             return
-        rows = torch.tensor(due, dtype=torch.long, device=index.device)
         raw = model.params["skew"].detach()
-        moved = b["base"].index_select(0, rows) @ torch.linalg.matrix_exp(skew(raw.index_select(0, rows)))
-        b["base"].index_copy_(0, rows, moved)
-        raw.index_fill_(0, rows, 0.0)
-        b["steps"].index_fill_(0, rows, 0)
-        b["rebases"].index_add_(0, rows, torch.ones_like(rows))
-        project = [k for k in due if int(b["rebases"][k]) >= int(b["project_every"][k])]
-        if project:
-            rows = torch.tensor(project, dtype=torch.long, device=index.device)
-            U, _, Vh = torch.linalg.svd(b["base"].index_select(0, rows))
-            b["base"].index_copy_(0, rows, U @ Vh)
-            b["rebases"].index_fill_(0, rows, 0)
+        moved = b["base"].index_select(0, due) @ torch.linalg.matrix_exp(skew(raw.index_select(0, due)))
+        b["base"].index_copy_(0, due, moved)
+        raw.index_fill_(0, due, 0.0)
+        b["steps"].index_fill_(0, due, 0)
+        b["rebases"].index_add_(0, due, torch.ones_like(due))
+        project = due[b["rebases"].index_select(0, due) >= b["project_every"].index_select(0, due)]
+        if project.numel():
+            U, _, Vh = torch.linalg.svd(b["base"].index_select(0, project))
+            b["base"].index_copy_(0, project, U @ Vh)
+            b["rebases"].index_fill_(0, project, 0)
 
 
 # -- nnRNN: P(Λ+T)Pᵀ, penalty δ·Σ(α−1)², weight decay on T ---------------------------------------------

@@ -7,14 +7,18 @@ instead, which checks the tests themselves on a machine without a GPU.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-from irnn_search.packed import train_packed
+from irnn_search.models import build_model
+from irnn_search.packed import Member, train_packed
 from irnn_search.packed.scan import elman_scan, lstm_scan
+from irnn_search.tasks import build_task
+from irnn_search.train import TrainConfig, seed_everything
 from tests.packed._trials import Spec, assert_same_history, assert_same_params
 
 DEVICE = os.environ.get("IRNN_SEARCH_TEST_DEVICE", "cuda")
@@ -111,3 +115,45 @@ def test_a_member_packed_on_the_device_ends_as_its_trial_alone_on_the_device(spe
     assert_same_history(res.result.history, alone.history, rel_tol=1e-4)
     assert_same_params(member.model, model, rtol=1e-4)
     assert next(member.model.parameters()).device.type == torch.device(DEVICE).type
+
+
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="needs a CUDA device's memory limit")
+def test_a_pack_too_big_for_the_device_memory_splits_until_it_fits(caplog: pytest.LogCaptureFixture) -> None:
+    """A real out-of-memory: the device's allocator is capped at about four members' worth of the
+    memory one member's step takes (measured first), then 16 members start as one pack."""
+
+    def members(n: int, steps: int) -> list[Member]:
+        out = []
+        for i in range(n):
+            # Long sequences at a large batch: the time loop's buffers dominate (about 100 MB a
+            # member for the states and as much for their gradients), as in sMNIST studies.
+            task = build_task("adding", {"T": 400, "val_size": 256}, seed=i, batch_size=256)
+            seed_everything(i)
+            model = build_model("irnn", {"hidden_size": 256}, input_size=2, output_size=1)
+            config = TrainConfig(
+                steps=steps, optimizer="adam", lr=1e-4 * (i + 1), clip=1.0, eval_every=steps, seed=i, device=DEVICE
+            )
+            out.append(Member(model, task, config, name=f"member {i}"))
+        return out
+
+    device = torch.device(DEVICE)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    train_packed(members(1, 1))
+    one = torch.cuda.max_memory_allocated(device) - base
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (torch.cuda.memory_reserved(device) + 4 * one) / total), device)
+    try:
+        with caplog.at_level(logging.WARNING):
+            results = train_packed(members(16, 2))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+    assert len(results) == 16
+    assert all(r.error is None and r.result.outcome == "completed" for r in results), [
+        (r.result.outcome, r.result.reason) for r in results
+    ]
+    splits = [r.message for r in caplog.records if "ran out of cuda" in r.message]
+    assert splits and "a pack of 16" in splits[0]

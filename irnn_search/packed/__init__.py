@@ -38,7 +38,9 @@ initialises the model), then run them::
 - ``stop`` set: every member saves ``last.pt`` and ends ``"interrupted"``.
 - A pack step that runs out of device memory (before any update) splits the pack in two halves
   that retry the step, and packs of that shape are never filled past the half again; a member
-  that does not fit alone leaves with ``error`` = ``torch.OutOfMemoryError``.
+  that does not fit alone leaves with ``error`` = ``torch.OutOfMemoryError``. Only the training
+  step is covered: the time loop's buffers are what grows with K and sequence length; building a
+  pack (stacked parameters, optimizer state) or evaluating it (no gradients) takes far less.
 - After a member leaves, its ``model`` holds its final parameters (the last finite ones for a
   diverged member) and ``checkpoint_dir`` its ``last.pt`` / ``best.pt``: evaluate it, test it or
   resume it with the ordinary single-trial tools.

@@ -251,18 +251,6 @@ def _orth_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
     return torch.linalg.matrix_exp(S) if variant[0] == "exp" else cayley_map(S)
 
 
-def _orthogonal(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, State]:
-    B = _orth_matrix(p, variant)
-    proj = _project(x, p["w_in"], None)
-    return _loop(proj, _zeros(x, B.shape[-1]), B, _act(p, ("modrelu",)))
-
-
-def _orthogonal_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
-    """``_orthogonal`` with the fused scan: autograd differentiates only the matrix's map (once
-    per forward) and the input projection; the scan hands it ``dB`` in one ``bmm``."""
-    return _elman_scan(x, p["w_in"], None, _orth_matrix(p, variant), "modrelu", ws, p["act_b"])
-
-
 def _orth_variant(model: RecurrentModel) -> tuple[Any, ...]:
     return ("exp" if model.family == "exprnn" else "cayley",)
 
@@ -275,7 +263,9 @@ def _modrelu_family(
     **hooks: Any,
 ) -> PackedFamily:
     """A family ``h_t = modrelu(W_in x_t + W h_{t−1})`` whose recurrent matrix ``W`` (column form,
-    [K, H, H]) ``matrix(params, variant)`` builds once per forward for all K members."""
+    [K, H, H]) ``matrix(params, variant)`` builds once per forward for all K members. With the
+    fused scan, autograd differentiates only the matrix's map (once per forward) and the input
+    projection; the scan hands it ``dW`` in one ``bmm``."""
 
     def recurrence(p: Params, x: Tensor, v: tuple[Any, ...]) -> tuple[Tensor, State]:
         W = matrix(p, v)
@@ -468,8 +458,8 @@ FAMILIES: dict[str, PackedFamily] = {
         _rnn_orth_variant,
         lambda v: _rnn_orth_fused if v in (("tanh",), ("modrelu",)) else None,
     ),
-    "exprnn": PackedFamily("exprnn", _orth_params, _orthogonal, _orth_variant, lambda v: _orthogonal_fused),
-    "cayley": PackedFamily("cayley", _orth_params, _orthogonal, _orth_variant, lambda v: _orthogonal_fused),
+    "exprnn": _modrelu_family("exprnn", _orth_params, _orth_matrix, _orth_variant),
+    "cayley": _modrelu_family("cayley", _orth_params, _orth_matrix, _orth_variant),
     "scornn": _modrelu_family("scornn", _orth_params, _scornn_matrix, buffers=_scornn_buffers),
     "dtriv": _modrelu_family(
         "dtriv", _orth_params, _dtriv_matrix, buffers=_dtriv_buffers, after_step=_dtriv_after_step
@@ -570,9 +560,9 @@ class PackedModel:
                 stacked = torch.stack([dict(ordered_params(m))[name].detach().to(device) for m in models])
                 self.params[name] = stacked.requires_grad_(True)
             #: The family's non-trainable tensors, stacked [K, ...] (see ``PackedFamily.buffers``).
+            per_member = [self.family.buffers(m) for m in models]
             self.buffers: dict[str, Tensor] = {
-                name: torch.stack([self.family.buffers(m)[name].detach().to(device) for m in models])
-                for name in self.family.buffers(first)
+                name: torch.stack([b[name].detach().to(device) for b in per_member]) for name in per_member[0]
             }
 
     @property

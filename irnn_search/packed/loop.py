@@ -388,8 +388,7 @@ class PackedTrainer:
         parts = [part for k, part in self.packs if k == key]
         part = next((p for p in parts if len(self.packs[key, p].runs) < limit), None)
         if part is None:
-            part = max(parts, default=-1) + 1
-            self.packs[key, part] = _Pack([run], self.fused_backward)
+            self.packs[key, self._free_part(key)] = _Pack([run], self.fused_backward)
         else:
             self.packs[key, part] = _Pack([*self._release(self.packs[key, part]), run], self.fused_backward)
         return None
@@ -418,11 +417,13 @@ class PackedTrainer:
             why,
             self.limits[key],
         )
-        free = max((p for k, p in self.packs if k == key), default=-1) + 1
         for i in range(0, len(runs), self.limits[key]):
-            self.packs[key, free] = _Pack(runs[i : i + self.limits[key]], self.fused_backward)
-            free += 1
+            self.packs[key, self._free_part(key)] = _Pack(runs[i : i + self.limits[key]], self.fused_backward)
         return None
+
+    def _free_part(self, key: tuple[Any, ...]) -> int:
+        """A part number no pack of ``key`` uses yet."""
+        return max((part for k, part in self.packs if k == key), default=-1) + 1
 
     def _release(self, pack: _Pack) -> list[_Run]:
         for k in range(len(pack.runs)):

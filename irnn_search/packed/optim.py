@@ -214,7 +214,7 @@ def _update(
     if any(decay):
         # torch.optim's (coupled) L2 weight decay, grad + weight_decay · param before the update
         # rule (nnRNN's T group), with torch's own op per distinct value, so the rounding is its.
-        g = g.clone()
+        # ``g`` is the step's gathered copy of the gradient rows, so it is updated in place.
         for value in sorted(set(decay) - {0.0}):
             rows = torch.tensor([j for j, d in enumerate(decay) if d == value], device=g.device)
             g.index_copy_(0, rows, g.index_select(0, rows).add(w.index_select(0, rows), alpha=value))

@@ -112,6 +112,19 @@ def test_huge_learning_rate_without_clipping_ends_as_diverged_not_a_crash(optimi
     assert all(math.isfinite(v) for v in result.best.values())
 
 
+def test_a_huge_pre_clip_gradient_norm_is_not_divergence_when_clipping_is_on() -> None:
+    # The IRNN paper's SGD settings (lr 0.01, clip 10 or 100, W_hh = I) see pre-clip norms above
+    # 1e8 in their first steps; the first real adding study ended them as "diverged" at steps 2 and
+    # 10. With clipping the update is bounded, so the run goes on.
+    model, task, config = _run(steps=30, max_grad_norm=1e-6, clip=1.0)
+    result = train(model, task, config)
+    assert result.outcome == "completed", result.reason
+    # Without clipping the same norm limit still ends the run, at its first step.
+    model, task, config = _run(steps=30, max_grad_norm=1e-6, clip=None)
+    result = train(model, task, config)
+    assert result.outcome == "diverged" and "no clipping" in result.reason and result.step == 0
+
+
 def test_exploding_hidden_state_is_detected() -> None:
     model, task, config = _run(steps=5, max_hidden=1e-3)
     result = train(model, task, config)

@@ -63,6 +63,7 @@ from irnn_search.train import (
     _better,
     _identity,
     _to,
+    divergence,
     build_optimizer,
 )
 
@@ -288,13 +289,9 @@ class _Pack:
 
         bad: dict[int, str] = {}
         for k, r in enumerate(runs):
-            cfg, at = r.member.config, r.step + 1
-            if not math.isfinite(loss_v[k]):
-                bad[k] = f"training loss is {loss_v[k]} at step {at}"
-            elif not math.isfinite(norm_v[k]) or norm_v[k] > cfg.max_grad_norm:
-                bad[k] = f"gradient norm {norm_v[k]:.3g} exceeds {cfg.max_grad_norm:.3g} at step {at}"
-            elif not hidden_v[k] <= cfg.max_hidden:
-                bad[k] = f"hidden state reached {hidden_v[k]:.3g} (limit {cfg.max_hidden:.3g}) at step {at}"
+            why = divergence(r.member.config, loss_v[k], norm_v[k], hidden_v[k], r.step + 1)
+            if why is not None:
+                bad[k] = why
         self.optim.step(skip=bad)
         self.model.after_step([k for k in range(K) if k not in bad])  # as train() calls model.after_step()
         for p in params:

@@ -120,6 +120,9 @@ def test_checkpointed_in_a_pack_resumes_alone_and_checkpointed_alone_resumes_in_
 ) -> None:
     spec = Spec(family, options, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 1e-3})
     model_full, full = spec.alone()
+    # dtriv's SVD projection and matrix_exp round differently batched than alone in float32: 1.2e-5
+    # relative on val_mse was measured on an Intel Xeon (2026-12-07); the float64 test is the exact one.
+    tol = 1e-4 if family == "dtriv" else 1e-5
 
     # pack (16 steps) -> alone (to 24)
     first = spec.member(checkpoint_dir=tmp_path / "a", config={"steps": 16})
@@ -127,7 +130,7 @@ def test_checkpointed_in_a_pack_resumes_alone_and_checkpointed_alone_resumes_in_
     model_b, task_b, config_b = spec.build()
     resumed = train(model_b, task_b, config_b, checkpoint_dir=tmp_path / "a")
     assert resumed.resumed_from == 16 and resumed.step == 24
-    assert_same_history(resumed.history, full.history)
+    assert_same_history(resumed.history, full.history, rel_tol=tol)
     assert_same_params(model_b, model_full)
 
     # alone (8 steps) -> pack (to 24)
@@ -135,7 +138,7 @@ def test_checkpointed_in_a_pack_resumes_alone_and_checkpointed_alone_resumes_in_
     second = spec.member(checkpoint_dir=tmp_path / "b")
     (res,) = [r for r in train_packed([second, OTHER.member()]) if r.member is second]
     assert res.result.resumed_from == 8 and res.result.step == 24
-    assert_same_history(res.result.history, full.history)
+    assert_same_history(res.result.history, full.history, rel_tol=tol)
     assert_same_params(second.model, model_full)
 
 

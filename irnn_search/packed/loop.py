@@ -63,8 +63,8 @@ from irnn_search.train import (
     _better,
     _identity,
     _to,
-    divergence,
     build_optimizer,
+    divergence,
 )
 
 log = logging.getLogger(__name__)

@@ -201,10 +201,78 @@ def build_pruner(spec: StudySpec | PrunerSpec) -> optuna.pruners.BasePruner:
     - ``none``: ``NopPruner``.
 
     The resolved spec's resources are multiples of ``report_every``, so every rung falls on a
-    report. Long-memory tasks sit at the memoryless baseline for a while before they learn; raise
-    ``min_resource`` above that plateau, or early rungs prune trials that would have learned.
+    report. Long-memory tasks sit at the memoryless baseline for a while before they learn: with
+    ``keep_answers`` (the default) the pruner is wrapped in ``AnswerKeepingPruner``, which never
+    prunes a solved trial nor compares trials that are all still on the plateau.
     """
     p = spec.pruner if isinstance(spec, StudySpec) else spec
+    base = _base_pruner(p)
+    if isinstance(spec, StudySpec) and p.options.get("keep_answers", 1) and p.name != "none":
+        threshold, plateau = answer_lines(spec)
+        if threshold is not None or plateau is not None:
+            return AnswerKeepingPruner(base, threshold=threshold, plateau=plateau)
+    return base
+
+
+def answer_lines(spec: StudySpec) -> tuple[float | None, float | None]:
+    """The objective's solve threshold and plateau line (90% of the memoryless baseline), where the
+    task has a threshold on the objective's metric; (None, None) otherwise. Cheap: the tasks that
+    have thresholds (adding, copy) generate their data and load nothing."""
+    from irnn_search.tasks import build_task
+
+    task = build_task(spec.task, spec.task_options)
+    th = task.solve_threshold()
+    if th is None or spec.objective != f"val_{th.metric}" or spec.direction != "minimize":
+        return None, None
+    baseline = task.baseline().get(th.metric)
+    return th.value, (0.9 * baseline if baseline is not None else None)
+
+
+class AnswerKeepingPruner(optuna.pruners.BasePruner):
+    """A pruner that does not throw answers away on long-memory tasks (minimized objectives).
+
+    Trials of the adding and copy tasks sit on the memoryless plateau for thousands of steps and
+    then fall; comparing them there ranks noise. Around ``base`` (which is always asked first, so
+    ASHA still records its rungs), a "prune" is overruled when:
+
+    - the trial has already reported a value below ``threshold``: it solved the task, and the
+      fraction of trials that solve is part of the answer (the first real adding study lost an
+      LSTM at val MSE 0.0009 and an expRNN at 0.0086 to ASHA's 12,000-step rung);
+    - the trial is still on the plateau (its latest value at or above ``plateau``) and no other
+      trial had left the plateau by the same step: there is nothing to compare it with yet.
+    """
+
+    def __init__(self, base: optuna.pruners.BasePruner, *, threshold: float | None, plateau: float | None) -> None:
+        self.base = base
+        self.threshold = threshold
+        self.plateau = plateau
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if not self.base.prune(study, trial):
+            return False
+        values = trial.intermediate_values
+        step = trial.last_step
+        if step is None or not values:
+            return True
+        if self.threshold is not None and min(values.values()) < self.threshold:
+            return False
+        if self.plateau is not None and values[step] >= self.plateau:
+            others = study.get_trials(deepcopy=False, states=_REPORTING)
+            left = any(
+                v < self.plateau
+                for t in others
+                if t.number != trial.number
+                for s, v in t.intermediate_values.items()
+                if s <= step
+            )
+            return left
+        return True
+
+
+_REPORTING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+
+
+def _base_pruner(p: PrunerSpec) -> optuna.pruners.BasePruner:
     o = p.options
     if p.name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(
@@ -233,6 +301,8 @@ def build_pruner(spec: StudySpec | PrunerSpec) -> optuna.pruners.BasePruner:
 
 
 __all__ = [
+    "AnswerKeepingPruner",
+    "answer_lines",
     "build_pruner",
     "build_sampler",
     "build_train_config",

@@ -103,10 +103,31 @@ SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {
     "gp": {"n_startup_trials": 10, "deterministic_objective": False},
 }
 #: pruner name -> its options and their defaults; "report_every" / "steps" are resolved per spec
+#: ``keep_answers`` (1 = on): never prune a trial that has crossed the task's solve threshold, nor
+#: one still on the memoryless plateau while no other trial has left it by that step (see
+#: ``search.space.AnswerKeepingPruner``).
 PRUNER_OPTIONS: dict[str, dict[str, Any]] = {
-    "asha": {"min_resource": "report_every", "reduction_factor": 4, "min_early_stopping_rate": 0, "bootstrap_count": 0},
-    "hyperband": {"min_resource": "report_every", "max_resource": "steps", "reduction_factor": 3, "bootstrap_count": 0},
-    "median": {"n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": "report_every", "n_min_trials": 1},
+    "asha": {
+        "min_resource": "report_every",
+        "reduction_factor": 4,
+        "min_early_stopping_rate": 0,
+        "bootstrap_count": 0,
+        "keep_answers": 1,
+    },
+    "hyperband": {
+        "min_resource": "report_every",
+        "max_resource": "steps",
+        "reduction_factor": 3,
+        "bootstrap_count": 0,
+        "keep_answers": 1,
+    },
+    "median": {
+        "n_startup_trials": 5,
+        "n_warmup_steps": 0,
+        "interval_steps": "report_every",
+        "n_min_trials": 1,
+        "keep_answers": 1,
+    },
     "none": {},
 }
 
@@ -837,7 +858,8 @@ class _Resolver:
         options: dict[str, int] = {k: placeholders[v] if isinstance(v, str) else int(v) for k, v in defaults.items()}
         for k in defaults:
             if k in table:
-                options[k] = self.integer(table[k], f"{key}.{k}", minimum=0)
+                value = int(table[k]) if k == "keep_answers" and isinstance(table[k], bool) else table[k]
+                options[k] = self.integer(value, f"{key}.{k}", minimum=0)
         multiple = f"a multiple of study.report_every = {report_every}, at most study.steps = {steps}"
         for k in ("min_resource", "max_resource", "interval_steps"):
             if k in options and (options[k] < report_every or options[k] % report_every or options[k] > steps):

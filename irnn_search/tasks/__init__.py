@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from irnn_search.options import OptionError, build_config
-from irnn_search.tasks.base import Batch, Task, TaskConfig, TaskError
+from irnn_search.tasks.base import Batch, Task, TaskConfig, TaskError, Threshold
 
 # name -> "module:Class"; imported on first use so listing one task does not load every dataset module.
 _TASKS: dict[str, str] = {
@@ -44,4 +44,4 @@ def build_task(
     return cls(config, seed=seed, batch_size=batch_size)
 
 
-__all__ = ["TASK_NAMES", "Batch", "Task", "TaskConfig", "TaskError", "build_task", "task_class"]
+__all__ = ["TASK_NAMES", "Batch", "Task", "TaskConfig", "TaskError", "Threshold", "build_task", "task_class"]

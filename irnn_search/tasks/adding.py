@@ -28,6 +28,7 @@ from irnn_search.tasks.base import (
     Task,
     TaskConfig,
     TaskError,
+    Threshold,
     generator,
 )
 
@@ -123,3 +124,6 @@ class AddingTask(Task):
 
     def baseline(self) -> dict[str, float]:
         return {"mse": 1.0 / 6.0, "loss": 1.0 / 6.0}
+
+    def solve_threshold(self) -> Threshold:
+        return Threshold("mse", 0.01, "validation MSE below 0.01 (6% of the 1/6 baseline), the usual 'solved'")

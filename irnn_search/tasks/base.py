@@ -75,6 +75,16 @@ class TaskConfig:
         return {f.name: str(f.metadata.get("help", "")) for f in fields(cls)}
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """When a model counts as having solved a task: its validation ``metric`` is below ``value``
+    (the metrics with a threshold are all minimized). ``rule`` says it in words, with why."""
+
+    metric: str
+    value: float
+    rule: str
+
+
 class Task(abc.ABC):
     """A benchmark: its data, loss, metrics and memoryless baseline.
 
@@ -150,6 +160,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def baseline(self) -> dict[str, float]:
         """What a memoryless predictor scores, keyed like the metrics (e.g. ``{"mse": 1/6}``)."""
+
+    def solve_threshold(self) -> Threshold | None:
+        """The "solved" line of this task, or None where the literature compares scores instead
+        (classification and language modelling)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Name and resolved options, for summaries and run records."""

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from irnn_search.search import space
 from irnn_search.search.space import (
+    AnswerKeepingPruner,
     build_pruner,
     build_sampler,
     build_train_config,
@@ -178,13 +179,17 @@ def test_cmaes_sampler_needs_the_cmaes_package(monkeypatch):
 
 
 def test_pruners_use_steps_on_the_report_grid():
-    asha = build_pruner(make_spec())  # default: ASHA from the first report
+    wrapped = build_pruner(make_spec())  # default: ASHA from the first report, keeping answers
+    assert isinstance(wrapped, AnswerKeepingPruner)
+    asha = wrapped.base
     assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner)
     assert asha._min_resource == 50 and asha._reduction_factor == 4
-    hb = build_pruner(make_spec('pruner = { name = "hyperband", min_resource = 100, reduction_factor = 2 }'))
+    hb = build_pruner(
+        make_spec('pruner = { name = "hyperband", min_resource = 100, reduction_factor = 2, keep_answers = false }')
+    )
     assert isinstance(hb, optuna.pruners.HyperbandPruner)
     assert (hb._min_resource, hb._max_resource, hb._reduction_factor) == (100, 400, 2)
-    median = build_pruner(make_spec('pruner = { name = "median", n_warmup_steps = 100 }'))
+    median = build_pruner(make_spec('pruner = { name = "median", n_warmup_steps = 100, keep_answers = 0 }'))
     assert isinstance(median, optuna.pruners.MedianPruner)
     assert (median._n_warmup_steps, median._interval_steps) == (100, 50)
     assert isinstance(build_pruner(make_spec('pruner = "none"')), optuna.pruners.NopPruner)
@@ -204,6 +209,58 @@ def test_asha_prunes_a_bad_trial_at_its_first_rung_on_the_report_grid():
     assert not bad.should_prune()  # before the first rung
     bad.report(5.0, 100)
     assert bad.should_prune()  # the first rung is min_resource = 100 steps, a report step
+
+
+def _asha_study(keep_answers: bool) -> tuple[optuna.Study, StudySpec]:
+    extra = "true" if keep_answers else "false"
+    spec = make_spec(f'pruner = {{ name = "asha", min_resource = 100, reduction_factor = 2, keep_answers = {extra} }}')
+    return optuna.create_study(pruner=build_pruner(spec)), spec
+
+
+def _run_curve(study: optuna.Study, curve: dict[int, float], *, finish: bool = True) -> optuna.Trial:
+    trial = study.ask()
+    for step, value in curve.items():
+        trial.report(value, step)
+        if trial.should_prune():
+            break
+    if finish:
+        study.tell(trial, min(curve.values()))
+    return trial
+
+
+@pytest.mark.parametrize("keep_answers", [True, False])
+def test_a_trial_below_the_solve_threshold_is_never_pruned_when_keeping_answers(keep_answers: bool) -> None:
+    # adding: solved = val MSE below 0.01. Two better trials reach the 100-step rung first.
+    study, _ = _asha_study(keep_answers)
+    for v in (0.001, 0.002):
+        _run_curve(study, {50: 0.16, 100: v})
+    solved = _run_curve(study, {50: 0.16}, finish=False)
+    solved.report(0.008, 100)  # below the threshold, but worse than both at the rung
+    assert solved.should_prune() is not keep_answers
+
+
+@pytest.mark.parametrize("keep_answers", [True, False])
+def test_trials_all_on_the_plateau_are_not_ranked_by_noise(keep_answers: bool) -> None:
+    study, _ = _asha_study(keep_answers)
+    for v in (0.160, 0.161):  # both still at the 1/6 baseline at the 100-step rung
+        _run_curve(study, {50: 0.166, 100: v})
+    late = _run_curve(study, {50: 0.166}, finish=False)
+    late.report(0.165, 100)  # worse than both, but all three sit on the plateau
+    assert late.should_prune() is not keep_answers
+
+
+def test_a_plateau_trial_is_pruned_once_another_trial_left_the_plateau_by_that_step() -> None:
+    study, _ = _asha_study(True)
+    for v in (0.05, 0.06):  # left the plateau (below 0.9 x 1/6 = 0.15) by step 100
+        _run_curve(study, {50: 0.166, 100: v})
+    late = _run_curve(study, {50: 0.166}, finish=False)
+    late.report(0.165, 100)
+    assert late.should_prune()
+
+
+def test_keep_answers_rejects_a_bad_value() -> None:
+    with pytest.raises(SpecError, match="keep_answers"):
+        make_spec('pruner = { name = "asha", keep_answers = "yes" }')
 
 
 def test_build_train_config_takes_steps_and_interval_from_the_spec():

@@ -255,7 +255,13 @@ def test_every_default_is_explicit(tmp_path):
     }
     assert d["pruner"] == {
         "name": "asha",
-        "options": {"min_resource": 10, "reduction_factor": 4, "min_early_stopping_rate": 0, "bootstrap_count": 0},
+        "options": {
+            "min_resource": 10,
+            "reduction_factor": 4,
+            "min_early_stopping_rate": 0,
+            "bootstrap_count": 0,
+            "keep_answers": 1,
+        },
     }
     assert d["task_options"] == {"T": 20, "placement": "halves", "val_size": 2000, "test_size": 10000}
     model = d["models"]["irnn"]

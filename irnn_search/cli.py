@@ -484,7 +484,8 @@ def launch_cmd(
 def _report(spec: Any, settings: Any, fmt: str, out: str | None) -> None:
     from pathlib import Path
 
-    from irnn_search.service.report import evaluate_best, plots, render, rows_for, spec_studies
+    from irnn_search.service.report import evaluate_best, render, rows_for, spec_studies
+    from irnn_search.service.report_plots import plots
 
     for study in spec_studies(spec, settings.storage_url).values():
         result = evaluate_best(study)  # best validation, then test: once per best trial

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from irnn_search.search.literature import published_results
-from irnn_search.search.spec import StudySpec
-from irnn_search.service.search import Usage, device_seconds, load_studies, stored_spec, study_name, usage
+from irnn_search.search.literature import SETTINGS_FROM, published_results
+from irnn_search.search.spec import SpecError, StudySpec
+from irnn_search.service.answer import TaskLines, answer, lineages, reproduce_command
+from irnn_search.service.search import Usage, load_studies, stored_spec, study_name, usage
 
 
 @dataclass
@@ -34,14 +34,32 @@ class ModelRow:
     failed: int
     running: int
     device_hours: float
-    best_value: float | None
+    best_value: float | None  # the best any trial reached, however it ended (see service.answer)
     best_params: dict[str, Any]
     best_trial: int | None
-    published_settings_value: float | None  # best complete warm-start trial (our run of their settings)
+    published_settings_value: float | None  # best reached by a warm-start trial (our run of their settings)
     published_settings_label: str | None
     test_value: float | None = None  # the objective's metric on the test split, best trial's best-val checkpoint
     test_metrics: dict[str, float] = field(default_factory=dict)
     published_numbers: list[dict[str, Any]] = field(default_factory=list)  # what the papers report
+    # -- the answer (service.answer) --
+    baseline: float | None = None
+    threshold: float | None = None
+    threshold_rule: str | None = None
+    solved: bool | None = None  # None where the task has no threshold
+    solved_trials: int = 0
+    solved_fraction: float | None = None
+    steps_to_solve: int | None = None  # first step at which the best trial crossed the threshold
+    fastest_solve: int | None = None
+    best_step: int | None = None
+    best_ended: str | None = None  # how the best trial ended: complete, pruned, diverged, interrupted ...
+    times_below_baseline: float | None = None
+    published_settings_solved_at: int | None = None
+    endings: dict[str, int] = field(default_factory=dict)
+    reproduce: str | None = None  # the `irnn-search train` command that re-runs the best trial alone
+
+
+SMOKE_TASKS = frozenset(SETTINGS_FROM)
 
 
 def _finite(t: FrozenTrial) -> bool:
@@ -56,16 +74,8 @@ def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
     return min(done, key=key)
 
 
-def model_row(study: optuna.Study) -> ModelRow:
-    spec = stored_spec(study)
-    key = study.user_attrs["model"]
-    family = study.user_attrs["family"]
-    trials = study.get_trials(deepcopy=False)
-    u: Usage = usage(study)
-    best = _best(trials, spec.direction)
-    published = [t for t in trials if t.user_attrs.get("source") == "published"]
-    best_published = _best(published, spec.direction)
-    numbers = [
+def published_numbers(task: str, family: str) -> list[dict[str, Any]]:
+    return [
         {
             "hidden_size": r.hidden_size,
             "metric": r.metric,
@@ -75,8 +85,22 @@ def model_row(study: optuna.Study) -> ModelRow:
             "source": r.source,
             **({"size": r.size} if r.size is not None else {}),
         }
-        for r in published_results(spec.task, family)
+        for r in published_results(task, family)
     ]
+
+
+def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
+    spec = stored_spec(study)
+    key = study.user_attrs["model"]
+    family = study.user_attrs["family"]
+    u: Usage = usage(study)
+    a = answer(study, spec, lines)
+    reproduce = None
+    if a.best_trial is not None:
+        try:
+            reproduce = reproduce_command(spec, key, a.best_params)
+        except SpecError:
+            reproduce = None
     return ModelRow(
         study=study.study_name,
         model=key,
@@ -90,14 +114,28 @@ def model_row(study: optuna.Study) -> ModelRow:
         failed=u.failed,
         running=u.running,
         device_hours=u.device_hours,
-        best_value=best.value if best else None,
-        best_params=dict(best.params) if best else {},
-        best_trial=best.number if best else None,
-        published_settings_value=best_published.value if best_published else None,
-        published_settings_label=best_published.user_attrs.get("label") if best_published else None,
-        published_numbers=numbers,
+        best_value=a.best_value,
+        best_params=a.best_params,
+        best_trial=a.best_trial,
+        published_settings_value=a.published_value,
+        published_settings_label=a.published_label,
+        published_numbers=published_numbers(spec.task, family),
         test_value=_test_value(study, spec),
         test_metrics=dict(study.user_attrs.get("test_eval", {}).get("metrics", {})),
+        baseline=a.baseline,
+        threshold=a.threshold,
+        threshold_rule=a.threshold_rule,
+        solved=a.solved,
+        solved_trials=a.solved_count,
+        solved_fraction=a.solved_fraction,
+        steps_to_solve=a.steps_to_solve,
+        fastest_solve=a.fastest_solve,
+        best_step=a.best_step,
+        best_ended=a.best_ended,
+        times_below_baseline=a.below_baseline,
+        published_settings_solved_at=a.published_solved_at,
+        endings=a.endings,
+        reproduce=reproduce,
     )
 
 
@@ -122,7 +160,7 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     from irnn_search.train import evaluate
 
     spec = stored_spec(study)
-    best = _best(study.get_trials(deepcopy=False), spec.direction)
+    best = _best_attempt(study, spec)
     if best is None:
         return None
     cached = study.user_attrs.get("test_eval")
@@ -150,6 +188,18 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     result = {"trial": best.number, "step": int(state["step"]), "metrics": metrics, "checkpoint": str(ckpt)}
     study.set_user_attr("test_eval", result)
     return result
+
+
+def _best_attempt(study: optuna.Study, spec: StudySpec) -> FrozenTrial | None:
+    """The latest attempt of the lineage that reached the best value (its checkpoint folder holds
+    that lineage's ``best.pt``), whether or not it completed."""
+    trials = study.get_trials(deepcopy=False)
+    best_number = answer(study, spec, TaskLines(None, None, None)).best_trial
+    if best_number is None:
+        return None
+    (lin,) = [lin for lin in lineages(trials) if lin.number == best_number]
+    by_number = {t.number: t for t in trials}
+    return by_number[lin.trials[-1]]
 
 
 def spec_studies(spec: StudySpec, storage_url: str) -> dict[str, optuna.Study]:
@@ -182,12 +232,20 @@ def render(rows: list[ModelRow], fmt: str, *, spec: StudySpec | None = None) -> 
             "pruned",
             "failed",
             "device_hours",
+            "solved",
+            "steps_to_solve",
+            "solved_fraction",
             "best_value",
+            "best_step",
             "best_trial",
+            "best_ended",
+            "baseline",
+            "threshold",
             "test_value",
             "published_settings_value",
             "published_settings_label",
             "best_params",
+            "reproduce",
         ]
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -196,32 +254,107 @@ def render(rows: list[ModelRow], fmt: str, *, spec: StudySpec | None = None) -> 
             d["best_params"] = json.dumps(r.best_params, default=str)
             w.writerow(d)
         return buf.getvalue()
+    return render_md(rows, spec)
+
+
+def _fraction(r: ModelRow) -> str:
+    if r.solved_fraction is None:
+        return "–"
+    started = round(r.solved_trials / r.solved_fraction) if r.solved_fraction else None
+    return f"{r.solved_trials}/{started} ({r.solved_fraction:.0%})" if started else f"0 ({r.solved_fraction:.0%})"
+
+
+def _verdict(rows: list[ModelRow]) -> list[str]:
+    """The answer in words: which models solved the task, which learned, which did not."""
+    if not rows:
+        return []
+    r0 = rows[0]
+    out = []
+    if r0.threshold is not None:
+        solved = [r for r in rows if r.solved]
+        if solved:
+            fastest = sorted(solved, key=lambda r: r.steps_to_solve or 0)
+            out.append(
+                f"**Solved** ({r0.threshold_rule}): "
+                + ", ".join(
+                    f"{r.model} (best trial crossed at step {r.steps_to_solve:,}; {_fraction(r)} of its trials solved)"
+                    for r in fastest
+                )
+                + "."
+            )
+        unsolved = [r for r in rows if not r.solved]
+        if unsolved:
+            out.append("**Not solved**: " + ", ".join(f"{r.model} ({_why_not(r)})" for r in unsolved) + ".")
+    if r0.baseline is not None and r0.direction == "minimize":
+        far = [r for r in rows if r.times_below_baseline is not None and r.times_below_baseline >= 10]
+        if far:
+            out.append(
+                f"{len(far)} of {len(rows)} models ended at least 10x below the memoryless baseline "
+                f"({r0.baseline:.4g}): "
+                + ", ".join(f"{r.model} {r.times_below_baseline:.0f}x" for r in far)  # type: ignore[str-format]
+                + "."
+            )
+        else:
+            out.append(f"No model ended 10x below the memoryless baseline ({r0.baseline:.4g}).")
+    return out
+
+
+def _why_not(r: ModelRow) -> str:
+    if r.best_value is None:
+        return "no trial reported yet"
+    ends = ", ".join(f"{n} {k}" for k, n in sorted(r.endings.items(), key=lambda kv: -kv[1]))
+    where = ""
+    if r.baseline is not None and r.best_value >= 0.9 * r.baseline:
+        where = "every trial stayed on the baseline plateau; "
+    elif r.baseline is not None:
+        where = f"best {r.best_value:.3g}, {r.times_below_baseline or 0:.1f}x below the baseline; "
+    return f"{where}trials: {ends}"
+
+
+def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
     lines = []
     if spec is not None:
         lines += [f"# {spec.name}: {spec.description}", "", f"Task `{spec.task}` {spec.task_options}, "
-                  f"objective `{spec.objective}` ({spec.direction}), {spec.steps} steps per trial.", ""]  # fmt: skip
+                  f"objective `{spec.objective}` ({spec.direction}), {spec.steps:,} steps per trial at batch "
+                  f"{spec.batch_size}.", ""]  # fmt: skip
+    r0 = rows[0] if rows else None
+    if r0 is not None and (r0.baseline is not None or r0.threshold is not None):
+        parts = []
+        if r0.baseline is not None:
+            parts.append(f"memoryless baseline {r0.baseline:.4g}")
+        if r0.threshold is not None:
+            parts.append(f"solved: {r0.threshold_rule} (threshold {r0.threshold:.4g})")
+        text = "; ".join(parts)
+        lines += [text[0].upper() + text[1:] + ".", ""]
+    lines += [*_verdict(rows), ""]
     lines += [
-        "| model | best found (val) | test (best-val checkpoint) | published settings (our run, val) "
-        "| trials (complete/pruned/failed) | device-hours |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | solved | steps to solve | trials solved | best reached (val) | best trial ended "
+        "| test (best-val ckpt) | published settings (our run) | trials (complete/pruned/failed) | device-h |",
+        "|---|:-:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         pub = _fmt(r.published_settings_value)
         if r.published_settings_label:
             pub += f" ({r.published_settings_label})"
+        solved = "–" if r.solved is None else ("yes" if r.solved else "no")
+        to_solve = f"{r.steps_to_solve:,}" if r.steps_to_solve is not None else "–"
         lines.append(
-            f"| {r.model} | {_fmt(r.best_value)} | {_fmt(r.test_value)} | {pub} | "
-            f"{r.trials} ({r.complete}/{r.pruned}/{r.failed}) | {r.device_hours:.3f} |"
+            f"| {r.model} | {solved} | {to_solve} | {_fraction(r)} | {_fmt(r.best_value)} | {r.best_ended or '–'} "
+            f"| {_fmt(r.test_value)} | {pub} | {r.trials} ({r.complete}/{r.pruned}/{r.failed}) "
+            f"| {r.device_hours:.3f} |"
         )
-    lines += ["", "Best hyperparameters:", ""]
+    lines += ["", "Best hyperparameters, and the command that re-runs that trial alone:", ""]
     for r in rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
         lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}")
+        if r.reproduce:
+            lines.append(f"  `{r.reproduce}`")
     numbers = [(r.model, n) for r in rows for n in r.published_numbers]
     lines += [
         "",
-        "Our protocol: model selection on the validation split; the test column evaluates the best trial's "
-        "best-validation checkpoint once (– where the task has no test split, e.g. smoke tasks).",
+        "Our protocol: model selection on the validation split; a trial's value is the best validation value "
+        "it reached (a trial that crossed the threshold counts as solved however it ended); the test column "
+        "evaluates the best trial's best-validation checkpoint once (– where the task has no test split).",
         "",
         "Published numbers (their protocol, not ours: compare with care):",
         "",
@@ -233,91 +366,8 @@ def render(rows: list[ModelRow], fmt: str, *, spec: StudySpec | None = None) -> 
                 f"- {model}: {n['metric']} {n['value']} {n['units']} at hidden {n['hidden_size']}{size}; "
                 f"{n['protocol']} [{n['source']}]"
             )
+    elif spec is not None and spec.task in SMOKE_TASKS:
+        lines.append("- none: a smoke task never borrows published numbers")
     else:
-        lines.append("- none for this task (smoke tasks never borrow published numbers)")
+        lines.append(f"- none retrieved for these models on `{spec.task if spec else 'this task'}` (REFERENCE.md §4)")
     return "\n".join(lines) + "\n"
-
-
-def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
-    """Best-so-far vs device-hours per model, learning curves of each model's best trial, and
-    hyperparameter importances (where at least two trials completed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    studies = spec_studies(spec, storage_url)
-    written = []
-
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    for key, study in ((s.user_attrs["model"], s) for s in studies.values()):
-        done = sorted(
-            (t for t in study.get_trials(deepcopy=False) if t.datetime_complete and t.datetime_start),
-            key=lambda t: t.datetime_complete,  # type: ignore[arg-type,return-value]
-        )
-        hours, best, xs, ys = 0.0, None, [], []
-        for t in done:
-            hours += device_seconds(t) / 3600
-            if _finite(t):
-                v = float(t.value)  # type: ignore[arg-type]
-                better = best is None or (v < best if spec.direction == "minimize" else v > best)
-                best = v if better else best
-            if best is not None:
-                xs.append(hours)
-                ys.append(best)
-        if xs:
-            ax.step(xs, ys, where="post", marker="o", ms=3, label=key)
-    ax.set_xlabel("device-hours (trial wall time; a packed trial's share of its pack's)")
-    ax.set_ylabel(f"best {spec.objective} so far")
-    ax.set_title(f"{spec.name}: best so far vs compute")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    path = out_dir / "best_vs_compute.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    for study in studies.values():
-        top = _best(study.get_trials(deepcopy=False), spec.direction)
-        if top and top.intermediate_values:
-            steps = sorted(top.intermediate_values)
-            ax.plot(steps, [top.intermediate_values[s] for s in steps], marker="o", ms=3,
-                    label=f"{study.user_attrs['model']} (trial {top.number})")  # fmt: skip
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(spec.objective)
-    ax.set_title(f"{spec.name}: learning curve of each model's best trial")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    path = out_dir / "best_learning_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    rows: list[tuple[str, dict[str, float]]] = []
-    for study in studies.values():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "too few trials": we say so on the plot instead
-                imp = optuna.importance.get_param_importances(study)
-        except (RuntimeError, ValueError):  # too few complete trials, or nothing varies
-            imp = {}
-        rows.append((study.user_attrs["model"], imp))
-    if any(imp for _, imp in rows):
-        fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.5), constrained_layout=True, squeeze=False)
-        for ax, (key, imp) in zip(axes[0], rows, strict=True):
-            if imp:
-                names = list(imp)[::-1]
-                ax.barh(names, [imp[n] for n in names])
-            else:
-                ax.text(0.5, 0.5, "not enough\ncomplete trials", ha="center", va="center", transform=ax.transAxes)
-            ax.set_title(key, fontsize=9)
-        fig.suptitle(f"{spec.name}: hyperparameter importance (fANOVA)")
-        path = out_dir / "importances.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written

@@ -168,14 +168,19 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     assert result.exit_code == 0, result.output
     assert "| irnn |" in result.stdout and "published settings" in result.stdout
     plots = sorted(p.name for p in (tmp_path / "home" / "reports" / "tiny").iterdir())
-    assert "best_vs_compute.png" in plots and "best_learning_curves.png" in plots
+    assert {"best_vs_compute.png", "best_learning_curves.png", "landscape.png"} <= set(plots)
     again = CliRunner().invoke(app, ["launch", str(spec), "--no-run"])
     assert again.exit_code == 0
     rows = json.loads(CliRunner().invoke(app, ["report", str(spec), "--format", "json"]).stdout.split("\nPlots")[0])
     assert rows[0]["trials"] == 3 and rows[0]["best_value"] is not None
     # Best validation, then test: the best trial's best checkpoint was evaluated on the test split.
     assert rows[0]["test_value"] is not None and rows[0]["test_metrics"]["mse"] == rows[0]["test_value"]
-    assert "test (best-val checkpoint)" in result.stdout
+    assert "test (best-val ckpt)" in result.stdout
+    # The answer: baseline, threshold and solved fields for scripts, and the line that re-runs the best.
+    assert rows[0]["baseline"] == pytest.approx(1 / 6) and rows[0]["threshold"] == 0.01
+    assert rows[0]["solved"] in (True, False) and rows[0]["best_ended"] is not None
+    assert rows[0]["reproduce"].startswith("irnn-search train --task adding --model irnn --T 10")
+    assert "Memoryless baseline 0.1667; solved: validation MSE below 0.01" in result.stdout
     status = CliRunner().invoke(app, ["status"])
     assert status.exit_code == 0 and "tiny.irnn" in status.stdout and "no worker alive" in status.stdout
 

@@ -1,0 +1,260 @@
+"""A study's answer, per model: solved or not against the task's threshold, how fast (steps to
+solve), how often (the fraction of trials that solved), and the best value any trial reached.
+
+Everything is read from the trials' reported values, so it holds however a trial ended: a trial
+that crossed the threshold and was then pruned, diverged or interrupted still counts as solved,
+and an interrupted study still shows what its trials reached. A trial that was interrupted or lost
+and re-queued is one *lineage* (the re-queued copy resumes from the checkpoint), counted once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from irnn_search.search.spec import StudySpec
+from irnn_search.service.search import device_seconds, released
+
+#: how a lineage ended, in the words the report prints
+ENDED = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+@dataclass(frozen=True)
+class TaskLines:
+    """The lines a model is judged against, in the objective's units."""
+
+    baseline: float | None  # what a memoryless predictor scores
+    threshold: float | None  # "solved" below this (minimized objectives only)
+    rule: str | None  # the threshold in words, with why
+
+
+def task_lines(spec: StudySpec) -> TaskLines:
+    """Baseline and solve threshold of a spec's objective. Tasks that need data for their baseline
+    (MNIST's majority class) report None when the data is not here."""
+    from irnn_search.tasks import TaskError, build_task
+
+    metric = spec.objective.removeprefix("val_")
+    try:
+        task = build_task(spec.task, spec.task_options)
+        baseline = task.baseline().get(metric)
+    except (TaskError, OSError):
+        return TaskLines(None, None, None)
+    th = task.solve_threshold()
+    if th is None or th.metric != metric or spec.direction != "minimize":
+        return TaskLines(baseline, None, None)
+    return TaskLines(baseline, th.value, th.rule)
+
+
+@dataclass
+class Lineage:
+    """One configuration's whole run: its first trial and the re-queued attempts that resumed it."""
+
+    number: int  # the first trial's number (the lineage id)
+    params: dict[str, Any]
+    source: str  # "published" or "sampler"
+    label: str | None  # the published setting's label
+    ended: str  # complete | pruned | diverged | failed | running | waiting | interrupted
+    reason: str | None
+    curve: dict[int, float] = field(default_factory=dict)  # step -> objective, over all attempts
+    final: float | None = None  # a complete trial's value
+    device_s: float = 0.0
+    trials: list[int] = field(default_factory=list)  # every attempt's trial number
+
+    def best(self, direction: str) -> tuple[float | None, int | None]:
+        """The best value reached and the step it was reached at (None while nothing reported)."""
+        points = [(v, s) for s, v in self.curve.items() if math.isfinite(v)]
+        if self.final is not None and math.isfinite(self.final) and not points:
+            return self.final, None
+        if not points:
+            return None, None
+        v, s = min(points) if direction == "minimize" else max(points, key=lambda p: (p[0], -p[1]))
+        return v, s
+
+    def solved_at(self, threshold: float | None) -> int | None:
+        """The first reported step below ``threshold``."""
+        if threshold is None:
+            return None
+        for s in sorted(self.curve):
+            if self.curve[s] < threshold:
+                return s
+        return None
+
+
+def lineages(trials: list[FrozenTrial]) -> list[Lineage]:
+    """Group a study's trials by lineage, in order of the lineage's first trial. Surplus trials
+    (created past the budget, never trained) are left out."""
+    out: dict[int, Lineage] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.user_attrs.get("outcome") == "surplus":
+            continue
+        key = int(t.user_attrs.get("lineage", t.number))
+        lin = out.get(key)
+        if lin is None:
+            lin = out[key] = Lineage(
+                number=key,
+                params=dict(t.params),
+                source=str(t.user_attrs.get("source", "sampler")),
+                label=t.user_attrs.get("label"),
+                ended="waiting",
+                reason=None,
+            )
+        lin.trials.append(t.number)
+        lin.curve.update({int(s): float(v) for s, v in t.intermediate_values.items()})
+        lin.device_s += device_seconds(t)
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            lin.final = float(t.value)
+        # The latest attempt says how the lineage stands.
+        if t.state == TrialState.RUNNING:
+            lin.ended = "running"
+        elif t.state == TrialState.WAITING:
+            lin.ended = "waiting"
+        elif released(t):
+            lin.ended = "interrupted"
+        else:
+            lin.ended = str(t.user_attrs.get("outcome") or ENDED.get(t.state, t.state.name.lower()))
+            if lin.ended == "complete" and t.state == TrialState.PRUNED:
+                lin.ended = "pruned"
+        lin.reason = t.user_attrs.get("reason", lin.reason)
+    return list(out.values())
+
+
+@dataclass
+class Answer:
+    """What one model's study answers."""
+
+    baseline: float | None
+    threshold: float | None
+    threshold_rule: str | None
+    lineages: int  # configurations tried (a re-queued attempt is not a new one)
+    started: int  # of which reported at least once
+    solved: bool | None  # None where the task has no threshold
+    solved_count: int
+    solved_fraction: float | None  # solved / started
+    steps_to_solve: int | None  # the first step at which the best trial crossed the threshold
+    fastest_solve: int | None  # the earliest crossing of any trial
+    best_value: float | None
+    best_step: int | None
+    best_trial: int | None  # lineage id (its first trial's number)
+    best_params: dict[str, Any]
+    best_ended: str | None
+    best_source: str | None
+    endings: dict[str, int]  # how the lineages ended: complete / pruned / diverged / ...
+    published_value: float | None  # best reached by a published-settings trial (our run)
+    published_label: str | None
+    published_solved_at: int | None
+    below_baseline: float | None  # baseline / best value (how many times below it), minimize only
+
+
+def _better(direction: str, a: float, b: float | None) -> bool:
+    return b is None or (a < b if direction == "minimize" else a > b)
+
+
+def answer(study: optuna.Study, spec: StudySpec, lines: TaskLines | None = None) -> Answer:
+    """The answer of one model's study (see the module docstring)."""
+    lines = lines or task_lines(spec)
+    direction = spec.direction
+    lins = lineages(study.get_trials(deepcopy=False))
+    started = [lin for lin in lins if lin.curve or lin.final is not None]
+    best: Lineage | None = None
+    best_v: float | None = None
+    best_s: int | None = None
+    pub: Lineage | None = None
+    pub_v: float | None = None
+    endings: dict[str, int] = {}
+    solved_steps = []
+    for lin in lins:
+        endings[lin.ended] = endings.get(lin.ended, 0) + 1
+        v, s = lin.best(direction)
+        if v is None:
+            continue
+        if _better(direction, v, best_v):
+            best, best_v, best_s = lin, v, s
+        if lin.source == "published" and _better(direction, v, pub_v):
+            pub, pub_v = lin, v
+        at = lin.solved_at(lines.threshold)
+        if at is not None:
+            solved_steps.append(at)
+    has_threshold = lines.threshold is not None
+    solved = bool(solved_steps) if has_threshold else None
+    below = None
+    if lines.baseline is not None and best_v is not None and direction == "minimize" and best_v > 0:
+        below = lines.baseline / best_v
+    return Answer(
+        baseline=lines.baseline,
+        threshold=lines.threshold,
+        threshold_rule=lines.rule,
+        lineages=len(lins),
+        started=len(started),
+        solved=solved,
+        solved_count=len(solved_steps),
+        solved_fraction=(len(solved_steps) / len(started)) if has_threshold and started else None,
+        steps_to_solve=best.solved_at(lines.threshold) if best is not None else None,
+        fastest_solve=min(solved_steps) if solved_steps else None,
+        best_value=best_v,
+        best_step=best_s,
+        best_trial=best.number if best else None,
+        best_params=dict(best.params) if best else {},
+        best_ended=best.ended if best else None,
+        best_source=best.source if best else None,
+        endings=endings,
+        published_value=pub_v,
+        published_label=pub.label if pub else None,
+        published_solved_at=pub.solved_at(lines.threshold) if pub else None,
+        below_baseline=below,
+    )
+
+
+def summary_metrics(a: Answer, device_hours: float) -> dict[str, float]:
+    """The answer as flat numbers, for an MLflow parent run (the runs table compares models by
+    these). Unknown values are left out rather than logged as NaN."""
+    out: dict[str, float] = {"trials": float(a.lineages), "device_hours": device_hours}
+    for key, value in (
+        ("best_value", a.best_value),
+        ("best_step", a.best_step),
+        ("steps_to_solve", a.steps_to_solve),
+        ("solved_fraction", a.solved_fraction),
+        ("times_below_baseline", a.below_baseline),
+        ("published_settings_value", a.published_value),
+    ):
+        if value is not None and math.isfinite(float(value)):
+            out[key] = float(value)
+    if a.solved is not None:
+        out["solved"] = 1.0 if a.solved else 0.0
+    return out
+
+
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def reproduce_command(spec: StudySpec, model_key: str, params: dict[str, Any], *, seed: int | None = None) -> str:
+    """The ``irnn-search train`` command that re-runs one trial alone: the same task, model,
+    hyperparameters, steps, batch size, evaluation interval and seed (batches are a pure function
+    of the seed and step, and initialisation of the seed, so it retraces the trial)."""
+    from irnn_search.search.space import params_to_kwargs
+
+    model = spec.model(model_key)
+    train_kwargs, model_options = params_to_kwargs(model, params)
+    parts = ["irnn-search train", f"--task {spec.task}", f"--model {model.family}"]
+    for k, v in spec.task_options.items():
+        if k in ("data_dir", "cache_dir", "mirrors"):
+            continue
+        parts.append(f"--T {v}" if k == "T" else f"-t {k}={_num(v)}")
+    for k, v in model_options.items():
+        parts.append(f"--hidden {v}" if k == "hidden_size" else f"-m {k}={_num(v)}")
+    for k, v in train_kwargs.items():
+        if v is None and k != "clip":
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts.append(f"{flag} {'off' if k == 'clip' and v is None else _num(v)}")
+    parts += [
+        f"--steps {spec.steps}",
+        f"--batch-size {spec.batch_size}",
+        f"--eval-every {spec.report_every}",
+        f"--seed {spec.seeds[0] if seed is None else seed}",
+    ]
+    return " ".join(parts)

@@ -1,0 +1,215 @@
+"""The report's plots: best so far against compute, each model's best learning curve (with the
+published-settings trial beside it), where each model works (the validation metric against the
+learning rate), and hyperparameter importances. The memoryless baseline and the solve threshold
+are drawn wherever the metric is on an axis."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from irnn_search.search.spec import StudySpec
+from irnn_search.service.answer import Lineage, TaskLines, lineages, task_lines
+from irnn_search.service.report import spec_studies
+
+#: how each lineage ending is drawn on the landscape plots
+MARKERS = {"complete": "o", "pruned": "v", "diverged": "x", "failed": "X", "running": ">", "interrupted": "s"}
+
+
+def _lines(ax: Any, lines: TaskLines) -> None:
+    if lines.baseline is not None:
+        ax.axhline(lines.baseline, color="grey", ls="--", lw=1, label=f"memoryless baseline ({lines.baseline:.4g})")
+    if lines.threshold is not None:
+        ax.axhline(lines.threshold, color="tab:green", ls=":", lw=1.2, label=f"solved below {lines.threshold:.3g}")
+
+
+def _log_y(ax: Any, values: list[float], spec: StudySpec) -> None:
+    if spec.direction == "minimize" and values and all(v > 0 for v in values):
+        ax.set_yscale("log")
+
+
+def _finish(fig: Any, ax: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _better(spec: StudySpec, a: float, b: float | None) -> bool:
+    return b is None or (a < b if spec.direction == "minimize" else a > b)
+
+
+def best_vs_compute(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLines, path: Path) -> Path:
+    """Best value reached so far against device-hours, per model (a step per lineage, in the order
+    the lineages ended; a lineage counts whatever its ending)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    ys_all: list[float] = []
+    for study in studies.values():
+        lins = sorted(lineages(study.get_trials(deepcopy=False)), key=lambda lin: lin.trials[-1])
+        hours, best, xs, ys = 0.0, None, [], []
+        for lin in lins:
+            hours += lin.device_s / 3600
+            v, _ = lin.best(spec.direction)
+            if v is not None and _better(spec, v, best):
+                best = v
+            if best is not None:
+                xs.append(hours)
+                ys.append(best)
+        if xs:
+            ax.step(xs, ys, where="post", marker="o", ms=3, label=study.user_attrs["model"])
+            ys_all += ys
+    _lines(ax, lines)
+    _log_y(ax, ys_all + ([lines.baseline] if lines.baseline else []), spec)
+    ax.set_xlabel("device-hours (a packed trial counts its share of its pack)")
+    ax.set_ylabel(f"best {spec.objective} so far")
+    ax.set_title(f"{spec.name}: best so far vs compute")
+    return _finish(fig, ax, path)
+
+
+def _top(lins: list[Lineage], spec: StudySpec, source: str | None = None) -> Lineage | None:
+    top, top_v = None, None
+    for lin in lins:
+        if source is not None and lin.source != source:
+            continue
+        v, _ = lin.best(spec.direction)
+        if v is not None and _better(spec, v, top_v):
+            top, top_v = lin, v
+    return top
+
+
+def learning_curves(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLines, path: Path) -> Path:
+    """Each model's best trial (solid) and its best published-settings trial (dashed, same colour)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    ys_all: list[float] = []
+    for i, study in enumerate(studies.values()):
+        lins = lineages(study.get_trials(deepcopy=False))
+        color = f"C{i}"
+        key = study.user_attrs["model"]
+        best = _top(lins, spec)
+        pub = _top(lins, spec, "published")
+        for lin, style, label in ((best, "-", "best"), (pub, "--", "published settings")):
+            if lin is None or not lin.curve or (label != "best" and lin is best):
+                continue
+            steps = sorted(lin.curve)
+            ys = [lin.curve[s] for s in steps]
+            also = ", published settings" if label == "best" and lin.source == "published" else ""
+            marker = "o" if style == "-" else None
+            ax.plot(
+                steps,
+                ys,
+                ls=style,
+                color=color,
+                marker=marker,
+                ms=2.5,
+                label=f"{key} {label} (trial {lin.number}{also})",
+            )
+            ys_all += [y for y in ys if math.isfinite(y)]
+    _lines(ax, lines)
+    _log_y(ax, ys_all, spec)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(spec.objective)
+    ax.set_title(f"{spec.name}: each model's best trial; dashed: its published settings (our run)")
+    return _finish(fig, ax, path)
+
+
+def landscapes(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLines, path: Path) -> Path | None:
+    """Where each model works: the best value each trial reached against its learning rate,
+    coloured by clip threshold (or optimizer where clip is not searched), marked by how it ended;
+    published-settings trials ringed."""
+    import matplotlib.pyplot as plt
+
+    panels = [(s.user_attrs["model"], lineages(s.get_trials(deepcopy=False))) for s in studies.values()]
+    panels = [(k, [lin for lin in lins if "lr" in lin.params and lin.best(spec.direction)[0] is not None])
+              for k, lins in panels]  # fmt: skip
+    if not any(lins for _, lins in panels):
+        return None
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels), 3.6), constrained_layout=True, squeeze=False, sharey=True
+    )
+    ys_all: list[float] = []
+    for ax, (key, lins) in zip(axes[0], panels, strict=True):
+        by = "clip" if any("clip" in lin.params for lin in lins) else "optimizer"
+        groups = sorted({str(lin.params.get(by, "–")) for lin in lins})
+        for gi, g in enumerate(groups):
+            for ended, marker in MARKERS.items():
+                pts = [lin for lin in lins if str(lin.params.get(by, "–")) == g and lin.ended == ended]
+                if not pts:
+                    continue
+                xs = [float(lin.params["lr"]) for lin in pts]
+                ys = [float(lin.best(spec.direction)[0]) for lin in pts]  # type: ignore[arg-type]
+                ax.scatter(xs, ys, color=f"C{gi}", marker=marker, s=22, label=f"{by} {g}, {ended}")
+                ys_all += ys
+        pub = [lin for lin in lins if lin.source == "published"]
+        if pub:
+            ax.scatter([float(lin.params["lr"]) for lin in pub], [float(lin.best(spec.direction)[0]) for lin in pub],  # type: ignore[arg-type]
+                       s=90, facecolors="none", edgecolors="black", label="published settings")  # fmt: skip
+        _lines(ax, lines)
+        ax.set_xscale("log")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("learning rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel(f"best {spec.objective} reached")
+    _log_y(axes[0][0], ys_all, spec)
+    fig.suptitle(f"{spec.name}: where each model works (marker: how the trial ended)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def importances(spec: StudySpec, studies: dict[str, optuna.Study], path: Path) -> Path | None:
+    """fANOVA importances per model, where at least two trials completed."""
+    import matplotlib.pyplot as plt
+
+    rows: list[tuple[str, dict[str, float]]] = []
+    for study in studies.values():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "too few trials": we say so on the plot instead
+                imp = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError):  # too few complete trials, or nothing varies
+            imp = {}
+        rows.append((study.user_attrs["model"], imp))
+    if not any(imp for _, imp in rows):
+        return None
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.5), constrained_layout=True, squeeze=False)
+    for ax, (key, imp) in zip(axes[0], rows, strict=True):
+        if imp:
+            names = list(imp)[::-1]
+            ax.barh(names, [imp[n] for n in names])
+        else:
+            ax.text(0.5, 0.5, "not enough\ncomplete trials", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(key, fontsize=9)
+    fig.suptitle(f"{spec.name}: hyperparameter importance (fANOVA, complete trials)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
+    """Write the report's plots into ``out_dir``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    studies = spec_studies(spec, storage_url)
+    lines = task_lines(spec)
+    written = [
+        best_vs_compute(spec, studies, lines, out_dir / "best_vs_compute.png"),
+        learning_curves(spec, studies, lines, out_dir / "best_learning_curves.png"),
+        landscapes(spec, studies, lines, out_dir / "landscape.png"),
+        importances(spec, studies, out_dir / "importances.png"),
+    ]
+    return [p for p in written if p is not None]

@@ -132,6 +132,21 @@ def test_db_commands_upgrade_report_and_downgrade_the_experiment_database(
     assert bad.exit_code == 2 and "secret" not in bad.output and "Traceback" not in bad.output
 
 
+def test_train_uses_one_thread_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.delenv("IRNN_SEARCH_THREADS", raising=False)
+    torch.set_num_threads(2)  # what torch would pick on this machine's 2 cores
+    assert runner.invoke(app, ["train", *SMALL, "--json"]).exit_code == 0
+    assert torch.get_num_threads() == 1
+    assert runner.invoke(app, ["train", *SMALL, "--threads", "2", "--json"]).exit_code == 0
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("IRNN_SEARCH_THREADS", "2")
+    torch.set_num_threads(1)
+    assert runner.invoke(app, ["train", *SMALL, "--json"]).exit_code == 0
+    assert torch.get_num_threads() == 2
+
+
 def test_version_prints_the_package_version_and_the_git_revision() -> None:
     from irnn_search import __version__
     from irnn_search.version import code_version, revision

@@ -84,3 +84,9 @@ def test_the_unpacked_wheel_migrates_launches_and_reports_from_another_folder(wh
     assert "adding-smoke.irnn" in cli("status")
     assert "adding-smoke" in cli("report", "adding-smoke")
     assert "pmnist" in cli("studies")
+
+
+def test_the_docker_build_context_holds_what_the_wheel_is_built_from() -> None:
+    """docker/Dockerfile builds the wheel from the build context, which .dockerignore filters."""
+    keep = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    assert set(BUILD_INPUTS) <= keep

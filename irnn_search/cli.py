@@ -168,7 +168,7 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="random seed (data stream and initialisation)")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     threads: Annotated[
-        int | None, typer.Option(help="torch threads (default: IRNN_SEARCH_THREADS or torch's)", min=1)
+        int | None, typer.Option(help="torch threads (default: IRNN_SEARCH_THREADS, else 1)", min=1)
     ] = None,
     task_opt: Annotated[
         list[str] | None, typer.Option("--task-opt", "-t", help="task option KEY=VALUE (repeatable)")
@@ -220,8 +220,9 @@ def train_cmd(
 
     from irnn_search.service.single import execute, prepare_run
 
-    if threads or settings.threads:
-        torch.set_num_threads(threads or settings.threads or 1)
+    # One thread unless told otherwise, as for `worker`: the small recurrent models gain nothing
+    # from more, and on a busy 2-core machine two threads made a short run 3x slower.
+    torch.set_num_threads(threads or settings.threads or 1)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
 
@@ -389,7 +390,9 @@ def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
 
 @app.command("launch")
 def launch_cmd(
-    spec_name: Annotated[str, typer.Argument(metavar="SPEC", help="a name in studies/ or a path to a .toml spec")],
+    spec_name: Annotated[
+        str, typer.Argument(metavar="SPEC", help="a spec name (--studies-dir, then the built-in specs) or a .toml path")
+    ],
     workers: Annotated[int, typer.Option(help="local worker processes", min=1)] = 1,
     run: Annotated[bool, typer.Option(help="run trials here; --no-run only registers the studies")] = True,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
@@ -401,7 +404,9 @@ def launch_cmd(
             min=1,
         ),
     ] = None,
-    studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
+    studies_dir: Annotated[
+        str, typer.Option(help="folder of spec files, searched before the built-in specs (`irnn-search studies`)")
+    ] = "studies",
     report: Annotated[bool, typer.Option(help="print the report (and write its plots) at the end")] = True,
     track: Annotated[bool, typer.Option(help="log runs, metrics and artifacts to MLflow")] = True,
     pack: Annotated[
@@ -501,10 +506,14 @@ def _report(spec: Any, settings: Any, fmt: str, out: str | None) -> None:
 
 @app.command("report")
 def report_cmd(
-    spec_name: Annotated[str, typer.Argument(metavar="SPEC", help="a name in studies/ or a path to a .toml spec")],
+    spec_name: Annotated[
+        str, typer.Argument(metavar="SPEC", help="a spec name (--studies-dir, then the built-in specs) or a .toml path")
+    ],
     fmt: Annotated[str, typer.Option("--format", help="md | json | csv")] = "md",
     out: Annotated[str | None, typer.Option(help="folder for the PNG plots (default: <home>/reports/<spec>)")] = None,
-    studies_dir: Annotated[str, typer.Option(help="folder of spec files")] = "studies",
+    studies_dir: Annotated[
+        str, typer.Option(help="folder of spec files, searched before the built-in specs (`irnn-search studies`)")
+    ] = "studies",
 ) -> None:
     """Best per model vs the published settings and numbers, compute used, and plots."""
     from irnn_search.service.search import SearchError
@@ -894,15 +903,66 @@ def _print_listing(rows: list[dict[str, Any]], as_json: bool, extra: tuple[str, 
         console.print()
 
 
+studies_app = typer.Typer(
+    help="List the built-in study specs, or copy one out to edit (`studies copy NAME FILE`). At launch, "
+    "NAME.toml in --studies-dir (default ./studies) takes precedence over the built-in spec NAME.",
+    invoke_without_command=True,
+)
+app.add_typer(studies_app, name="studies")
+
+
+@studies_app.callback()
+def studies_list(ctx: typer.Context) -> None:
+    """One line per built-in spec: its name and description."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.markup import escape
+
+    from irnn_search.bundled import builtin_specs, spec_description
+
+    specs = builtin_specs()
+    width = max((len(name) for name in specs), default=0)
+    console = _console()
+    for name, path in specs.items():
+        line = f"[bold cyan]{name:<{width}}[/]  {escape(spec_description(path))}"
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@studies_app.command("copy")
+def studies_copy(
+    name: Annotated[str, typer.Argument(help="a built-in spec (see `irnn-search studies`)")],
+    dest: Annotated[str, typer.Argument(metavar="FILE", help="where to write it, e.g. my.toml (never overwritten)")],
+) -> None:
+    """Copy a built-in spec to FILE, comments included, to edit and launch with `irnn-search launch FILE`."""
+    from pathlib import Path
+
+    from irnn_search.bundled import builtin_specs
+
+    specs = builtin_specs()
+    if name not in specs:
+        raise _fail(f"no built-in spec named {name!r} (allowed: {', '.join(specs)})")
+    target = Path(dest)
+    try:
+        with target.open("xb") as out:  # "x": refuses an existing file, even one created meanwhile
+            out.write(specs[name].read_bytes())
+    except FileExistsError:
+        raise _fail(f"{dest} already exists: choose another FILE or remove it first") from None
+    except OSError as exc:
+        raise _fail(f"cannot write {dest}: {exc.strerror or exc}") from None
+    _console().print(f"wrote {dest}; edit it, then `irnn-search launch {dest}`", highlight=False)
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
-    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="print the version and the git revision it was built from, and exit")
+    ] = False,
 ) -> None:
     if version:
-        from irnn_search import __version__
+        from irnn_search.version import code_version
 
-        typer.echo(__version__)
+        typer.echo(code_version())
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,90 @@ def test_db_commands_upgrade_report_and_downgrade_the_experiment_database(
     monkeypatch.setenv("IRNN_SEARCH_DB", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
     bad = runner.invoke(app, ["db", "current"])
     assert bad.exit_code == 2 and "secret" not in bad.output and "Traceback" not in bad.output
+
+
+def test_train_uses_one_thread_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.delenv("IRNN_SEARCH_THREADS", raising=False)
+    torch.set_num_threads(2)  # what torch would pick on this machine's 2 cores
+    assert runner.invoke(app, ["train", *SMALL, "--json"]).exit_code == 0
+    assert torch.get_num_threads() == 1
+    assert runner.invoke(app, ["train", *SMALL, "--threads", "2", "--json"]).exit_code == 0
+    assert torch.get_num_threads() == 2
+    monkeypatch.setenv("IRNN_SEARCH_THREADS", "2")
+    torch.set_num_threads(1)
+    assert runner.invoke(app, ["train", *SMALL, "--json"]).exit_code == 0
+    assert torch.get_num_threads() == 2
+
+
+def test_version_prints_the_package_version_and_the_git_revision() -> None:
+    from irnn_search import __version__
+    from irnn_search.version import code_version, revision
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == code_version() + "\n"
+    assert code_version() == f"{__version__} (git {revision()})"
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert __version__ == pyproject["project"]["version"]
+    head = subprocess.run(
+        ["git", "-C", str(Path(__file__).parents[1]), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode == 0:  # a checkout: the revision is its commit
+        assert head.stdout.startswith(revision().removesuffix("-dirty"))
+        assert len(revision().removesuffix("-dirty")) == 12
+
+
+def test_studies_lists_each_built_in_spec_on_one_line_with_its_description() -> None:
+    from irnn_search.bundled import builtin_specs, spec_description
+
+    result = runner.invoke(app, ["studies"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    specs = builtin_specs()
+    assert {"adding-smoke", "pmnist"} <= set(specs)
+    assert [line.split()[0] for line in lines] == list(specs)
+    for line, path in zip(lines, specs.values(), strict=True):
+        assert spec_description(path) and line.endswith(spec_description(path))
+
+
+def test_studies_copy_writes_the_spec_verbatim_and_never_overwrites(tmp_path: Path) -> None:
+    from irnn_search.bundled import builtin_specs
+
+    dest = tmp_path / "my.toml"
+    first = runner.invoke(app, ["studies", "copy", "pmnist", str(dest)])
+    assert first.exit_code == 0, first.output
+    assert dest.read_bytes() == builtin_specs()["pmnist"].read_bytes()
+    dest.write_text("# mine\n")
+    again = runner.invoke(app, ["studies", "copy", "adding", str(dest)])
+    assert again.exit_code == 2 and dest.read_text() == "# mine\n"
+    assert len(again.output.strip().splitlines()) == 1 and "already exists" in again.output
+    unknown = runner.invoke(app, ["studies", "copy", "nope", str(tmp_path / "x.toml")])
+    assert unknown.exit_code == 2 and "adding-smoke" in unknown.output and not (tmp_path / "x.toml").exists()
+
+
+def test_launch_finds_a_built_in_spec_and_records_the_code_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy as sa
+
+    from irnn_search.settings import Settings
+    from irnn_search.version import code_version
+
+    for var in ("IRNN_SEARCH_STORAGE", "IRNN_SEARCH_DB", "IRNN_SEARCH_MLFLOW_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path / "home"))
+    args = ["launch", "adding-smoke", "--no-run", "--no-track", "--studies-dir", str(tmp_path / "mine")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    engine = sa.create_engine(Settings.from_env().db_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT spec_name, package_version FROM irnn_launches")).all()
+    finally:
+        engine.dispose()
+    assert stored == [("adding-smoke", code_version())]
+    # a file of the same name in --studies-dir wins over the built-in spec
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "adding-smoke.toml").write_text('[study]\ntask = "nonsense"\n')
+    assert "nonsense" in runner.invoke(app, args).output

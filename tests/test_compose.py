@@ -412,13 +412,14 @@ def test_dockerfile_keeps_the_base_torch_and_installs_with_constraints(raw: dict
     assert "-c" in install and "constraints.txt" in install
     assert "/tmp/torch-pin.txt" in install, "torch must be pinned to the base image's build"
     assert not any(w.startswith("torch") for w in install[2:]), "the image must not install torch itself"
-    # editable: irnn_search.db.migrate reads the Alembic scripts beside the package source
-    from irnn_search.db.migrate import MIGRATIONS_DIR
-
-    assert MIGRATIONS_DIR == ROOT / "migrations"
-    assert "-e" in install and install[install.index("-e") + 1] == "."
+    # the built wheel, not the source (-e): the wheel carries the specs and the Alembic scripts
+    assert "-e" not in install and "/tmp/dist/irnn_search-*.whl" in install
+    build = " ".join(v for k, v in instr if k == "RUN" and "pip wheel" in v)
+    assert "--no-deps" in build and "IRNN_SEARCH_BUILD_REVISION=" in build
     copies = [v.split() for k, v in instr if k == "COPY"]
-    assert ["migrations", "./migrations"] in copies
+    assert ["migrations", "./migrations"] in copies and ["studies", "./studies"] in copies
+    assert ["--from=wheel", "/dist", "/tmp/dist"] in copies
+    assert "migrate import head" in pip, "the build checks that the installed tool finds its migrations"
     assert "cmp" in pip and "torch.version.cuda" in pip
 
 
@@ -426,8 +427,8 @@ def test_dockerfile_copies_only_what_dockerignore_lets_through(services: dict[st
     keep = [line[1:].rstrip("/") for line in DOCKERIGNORE.read_text().splitlines() if line.startswith("!")]
     assert "**" in DOCKERIGNORE.read_text().splitlines(), "exclude everything, then re-include"
     instr = dockerfile_instructions()
-    workdir = next(v for k, v in instr if k == "WORKDIR")
-    for _, value in (i for i in instr if i[0] == "COPY"):
+    workdir = [v for k, v in instr if k == "WORKDIR"][-1]  # the final stage's
+    for _, value in (i for i in instr if i[0] == "COPY" and not i[1].startswith("--from=")):
         *sources, _dest = value.split()
         for src in sources:
             assert (ROOT / src).exists(), f"COPY {src}: no such path"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -24,6 +23,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection
 
+from irnn_search import bundled
 from irnn_search.db.models import TABLE_PREFIX, Base
 from irnn_search.db.session import DatabaseError, describe, is_unusable, make_engine, mask_url
 
@@ -39,8 +39,8 @@ __all__ = [
     "upgrade",
 ]
 
-#: the Alembic scripts live at the repository root, beside the package
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: the top-level ``migrations/`` of a checkout, or its copy inside an installed wheel
+MIGRATIONS_DIR = bundled.folder("migrations")
 #: ours, not Alembic's default ``alembic_version``, which Optuna and MLflow each own
 VERSION_TABLE = "irnn_alembic_version"
 

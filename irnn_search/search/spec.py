@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeAlias
 
+from irnn_search import bundled
 from irnn_search.models import MODELS, ModelError, build_model, model_class
 from irnn_search.options import OptionError, build_config
 from irnn_search.tasks import TASK_NAMES, TaskError, task_class
@@ -530,10 +531,12 @@ def available_specs(studies_dir: str | Path = "studies") -> list[str]:
 
 
 def load_spec(name_or_path: str | Path, studies_dir: str | Path = "studies") -> StudySpec:
-    """Load and validate a spec from a path or a bare name resolved in ``studies_dir``.
+    """Load and validate a spec from a path or a bare name.
 
-    ``"adding"`` means ``<studies_dir>/adding.toml``; anything with a path separator or a
-    ``.toml`` suffix, or an existing file, is a path.
+    ``"adding"`` means ``<studies_dir>/adding.toml`` when that file exists, else the built-in spec
+    of that name (shipped with the package), so a copy edited in ``studies_dir`` overrides the
+    built-in one. Anything with a path separator or a ``.toml`` suffix, or an existing file, is a
+    path.
 
     Raises:
         SpecError: the file is missing (the message lists the available names) or invalid.
@@ -547,10 +550,13 @@ def load_spec(name_or_path: str | Path, studies_dir: str | Path = "studies") -> 
             raise SpecError(f"spec file {str(path)!r} does not exist")
     else:
         path = Path(studies_dir) / f"{text}.toml"
-        if not path.is_file():
-            names = available_specs(studies_dir)
+        builtin = bundled.builtin_specs()
+        if not path.is_file() and text in builtin:
+            path = builtin[text]
+        elif not path.is_file():
+            names = sorted(set(available_specs(studies_dir)) | set(builtin))
             raise SpecError(
-                f"no study named {text!r} in {str(studies_dir)!r}",
+                f"no study named {text!r} in {str(studies_dir)!r} or among the built-in specs",
                 allowed=", ".join(names) if names else f"none: {str(studies_dir)!r} has no *.toml files",
             )
     try:

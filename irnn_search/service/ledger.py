@@ -15,10 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from irnn_search import __version__
 from irnn_search.db import repo
 from irnn_search.db.migrate import DatabaseError, current, head, upgrade
 from irnn_search.db.session import make_engine, session_scope
+from irnn_search.version import code_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class Ledger:
                 spec_name=spec.name,
                 spec=spec.to_dict(),
                 spec_hash=spec.spec_hash(),
-                package_version=__version__,
+                package_version=code_version(),
             )
             for key, study in studies.items():
                 repo.ensure_study(

@@ -216,12 +216,26 @@ def test_load_spec_by_name_lists_the_available_names_when_missing(tmp_path):
     write(tmp_path, BASE, "alpha.toml")
     write(tmp_path, BASE, "beta.toml")
     assert load_spec("alpha", studies_dir=tmp_path).name == "alpha"  # name defaults to the file stem
-    with pytest.raises(SpecError, match=r"no study named 'gamma'.*\(allowed: alpha, beta\)"):
+    with pytest.raises(SpecError, match=r"no study named 'gamma' in .* or among the built-in specs") as info:
         load_spec("gamma", studies_dir=tmp_path)
+    allowed = str(info.value).split("allowed: ")[1].rstrip(")").split(", ")
+    assert {"alpha", "beta", "adding-smoke", "pmnist"} <= set(allowed) and allowed == sorted(allowed)
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "gamma.toml")
-    with pytest.raises(SpecError, match=r"has no \*\.toml files"):
+    with pytest.raises(SpecError, match="no study named 'alpha'"):
         load_spec("alpha", studies_dir=tmp_path / "empty")
+
+
+def test_load_spec_by_name_prefers_the_studies_dir_then_the_built_in_spec(tmp_path):
+    from irnn_search import bundled
+
+    builtin = load_spec("adding-smoke", studies_dir=tmp_path / "absent")
+    assert builtin.source == str(bundled.builtin_specs()["adding-smoke"])
+    edited = BASE.replace('task = "adding"', 'task = "adding"\ndescription = "my edit"')
+    assert edited != BASE
+    write(tmp_path, edited, "adding-smoke.toml")
+    local = load_spec("adding-smoke", studies_dir=tmp_path)
+    assert local.source == str(tmp_path / "adding-smoke.toml") and local.description == "my edit"
 
 
 @pytest.mark.parametrize(

@@ -358,17 +358,29 @@ def _ledger(settings: Any) -> Any:
         raise _fail(str(exc)) from None
 
 
+def _solved_cell(a: Any) -> str:
+    """``3/12 @2,500``: trials that solved, of those started, and the best trial's step to solve."""
+    if a.solved is None:
+        return "–"
+    at = f" @{a.steps_to_solve:,}" if a.steps_to_solve is not None else ""
+    return f"{a.solved_count}/{a.started}{at}"
+
+
 def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
     from rich.table import Table
 
+    from irnn_search.service.answer import answer, lines_for
     from irnn_search.service.search import usage
 
     table = Table(title=f"{spec.name}: {spec.task} {spec.task_options}", title_justify="left")
-    for col in ("model", "trials", "complete", "pruned", "failed", "running", f"best {spec.objective}", "ETA"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+    # Short headers: the table stays whole in an 80-column terminal.
+    for col in ("model", "trials", "c/p/f", "run", f"best {spec.objective}", "solved", "ETA"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    lines = lines_for(spec)
     for study in studies.values():
         m = spec.model(study.user_attrs["model"])
         u = usage(study)
+        a = answer(study, spec, lines)
         total = m.budget.trials
         eta = "–"
         if total and u.finished:
@@ -378,11 +390,10 @@ def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
         table.add_row(
             study.user_attrs["model"],
             f"{u.finished}/{total if total else '∞'}",
-            str(u.complete),
-            str(u.pruned),
-            str(u.failed),
+            f"{u.complete}/{u.pruned}/{u.failed}",
             str(u.running),
-            "–" if u.best is None else f"{u.best:.4g}",
+            "–" if a.best_value is None else f"{a.best_value:.4g}",
+            _solved_cell(a),
             eta,
         )
     return table
@@ -574,7 +585,8 @@ def status_cmd(
 def _status_data(settings: Any) -> dict[str, Any]:
     """What ``status`` shows, as plain data: every study's usage, and the workers alive (None when
     our experiment database cannot be read)."""
-    from irnn_search.service.search import load_studies, usage
+    from irnn_search.service.answer import answer, lines_for
+    from irnn_search.service.search import load_studies, stored_spec, usage
 
     try:
         studies = load_studies(settings.storage_url)
@@ -583,6 +595,8 @@ def _status_data(settings: Any) -> dict[str, Any]:
     rows = []
     for name, study in sorted(studies.items()):
         u = usage(study)
+        spec = stored_spec(study)
+        a = answer(study, spec, lines_for(spec))  # what the trials reached, however they ended
         rows.append(
             {
                 "study": name,
@@ -593,7 +607,12 @@ def _status_data(settings: Any) -> dict[str, Any]:
                 "failed": u.failed,
                 "running": u.running,
                 "waiting": u.waiting,
-                "best": u.best,
+                "best": a.best_value,
+                "best_complete": u.best,
+                "solved": a.solved,
+                "solved_trials": a.solved_count,
+                "started": a.started,
+                "steps_to_solve": a.steps_to_solve,
                 "direction": study.direction.name.lower(),
                 "device_hours": round(u.device_hours, 6),
             }
@@ -627,20 +646,22 @@ def _status_renderables(data: dict[str, Any]) -> list[Any]:
 
     if not data["studies"]:
         return ["no studies yet: `irnn-search launch <spec>` creates them"]
-    table = Table(title="studies", title_justify="left")
-    table.add_column("study", no_wrap=True)
-    for col in ("task", "complete", "pruned", "failed", "running", "waiting", "best", "device-h"):
-        table.add_column(col, justify="left" if col == "task" else "right")
+    table = Table(title="studies (c/p/f: complete/pruned/failed)", title_justify="left")
+    # Short headers: the table stays whole in an 80-column terminal.
+    for col in ("study", "task", "c/p/f", "run", "wait", "best", "solved", "dev-h"):
+        table.add_column(col, justify="left" if col in ("study", "task") else "right", no_wrap=True)
     for r in data["studies"]:
+        solved = "–" if r["solved"] is None else f"{r['solved_trials']}/{r['started']}"
+        if r["steps_to_solve"] is not None:
+            solved += f" @{r['steps_to_solve']:,}"
         table.add_row(
             r["study"],
             r["task"] or "?",
-            str(r["complete"]),
-            str(r["pruned"]),
-            str(r["failed"]),
+            f"{r['complete']}/{r['pruned']}/{r['failed']}",
             str(r["running"]),
             str(r["waiting"]),
             "–" if r["best"] is None else f"{r['best']:.4g}",
+            solved,
             f"{r['device_hours']:.3f}",
         )
     parts: list[Any] = [table]

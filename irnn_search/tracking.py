@@ -462,6 +462,13 @@ class Tracker:
             tags[TAG_REASON] = mask_uri(reason)[:_MAX_TAG_CHARS]
         self._submit(_Batch(run_id, [], tags))
 
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) tags on a run; values are stringified, masked and cut to MLflow's
+        tag limit. Buffered like ``log_metrics``. Tags, unlike params, may change: a study's
+        parent run keeps its current best parameters here (``best.<name>``)."""
+        clean = {str(k): mask_uri(_stringify(v))[:_MAX_TAG_CHARS] for k, v in tags.items()}
+        self._submit(_Batch(run_id, [], clean))
+
     def log_artifacts(
         self,
         run_id: str,

@@ -258,3 +258,40 @@ def reproduce_command(spec: StudySpec, model_key: str, params: dict[str, Any], *
         f"--seed {spec.seeds[0] if seed is None else seed}",
     ]
     return " ".join(parts)
+
+
+_LINES: dict[str, TaskLines] = {}  # spec hash -> its lines (MNIST's baseline reads the data once)
+
+
+def lines_for(spec: StudySpec) -> TaskLines:
+    """``task_lines``, computed once per spec in this process."""
+    key = spec.spec_hash()
+    if key not in _LINES:
+        _LINES[key] = task_lines(spec)
+    return _LINES[key]
+
+
+def publish_summary(study: optuna.Study, tracker: Any) -> None:
+    """Put the study's answer on its MLflow parent run, so the runs table and chart views compare
+    models at a glance: metrics (best value, solved, steps to solve, solved fraction, trials,
+    device-hours; logged at step = trials so far) and tags ``best.<param>`` (tags may change,
+    params may not). Never raises: the summary must not stop a worker."""
+    import logging
+
+    from irnn_search.service.search import stored_spec, usage
+
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if tracker is None or parent is None:
+        return
+    try:
+        spec = stored_spec(study)
+        a = answer(study, spec, lines_for(spec))
+        tracker.log_metrics(parent, a.lineages, summary_metrics(a, usage(study).device_hours))
+        tags: dict[str, Any] = {f"best.{k}": _num(v) for k, v in a.best_params.items()}
+        tags["irnn.objective"] = spec.objective
+        tags["irnn.solved"] = "–" if a.solved is None else ("yes" if a.solved else "no")
+        if a.best_trial is not None:
+            tags["irnn.best_trial"] = a.best_trial
+        tracker.set_tags(parent, tags)
+    except Exception as exc:  # a summary is never worth a worker
+        logging.getLogger(__name__).warning("could not update the summary of %s in MLflow: %s", study.study_name, exc)

@@ -112,6 +112,8 @@ def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None) ->
                 f"(stored hash {stored[:12]}, now {spec.spec_hash()[:12]}); give the changed spec a new "
                 "[study] name, or delete the old studies to start over"
             )
+        if study.metric_names != [spec.objective]:
+            _name_objective(study, spec.objective)
         enqueue_published(study, spec, key)
         requeue_released(study)
         if tracker is not None:
@@ -127,11 +129,23 @@ def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None) ->
             )
             study.set_user_attr("mlflow_experiment_id", experiment_id)
             study.set_user_attr("mlflow_parent_run_id", parent)
+            from irnn_search.service.answer import publish_summary
+
+            publish_summary(study, tracker)
             u = usage(study)
             if not budget_left(study, model) and not (u.running or u.waiting):
                 tracker.finish_parent(parent)  # nothing left to do: the parent stays closed
         studies[key] = study
     return studies
+
+
+def _name_objective(study: optuna.Study, name: str) -> None:
+    """Name the objective (optuna-dashboard shows "val_mse", not "Objective 0")."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([name])
 
 
 def close_tracking(studies: Iterable[optuna.Study], tracker: Tracker) -> None:
@@ -570,7 +584,13 @@ def _loop(
     those workers have died, the janitor re-queues its trial meanwhile and it runs here. The
     wait starts again whenever the number of trials running elsewhere changes, and ends as soon
     as none is left."""
+    from irnn_search.service.answer import publish_summary
     from irnn_search.service.packing import pack_refusal, run_pack
+
+    def trial_done(name: str, finished: FrozenTrial) -> None:
+        publish_summary(studies[name], tracker)  # the parent run's summary stays current
+        if on_trial is not None:
+            on_trial(name, finished)
 
     ran = 0
     refused: dict[str, str | None] = {}
@@ -626,7 +646,7 @@ def _loop(
                 may_start=may_start,
                 surplus=surplus,
                 requeue=requeue,
-                on_trial=on_trial,
+                on_trial=trial_done,
                 on_start=on_start,
                 tracker=tracker,
                 ledger=ledger,
@@ -652,8 +672,8 @@ def _loop(
             requeue(study, finished, finished.user_attrs.get("reason", "interrupted"))
         if ledger is not None and worker_id is not None:
             ledger.beat(worker_id, None, None)
-        if on_trial is not None and finished is not None:
-            on_trial(name, finished)
+        if finished is not None:
+            trial_done(name, finished)
     return ran
 
 

@@ -181,8 +181,23 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     assert rows[0]["solved"] in (True, False) and rows[0]["best_ended"] is not None
     assert rows[0]["reproduce"].startswith("irnn-search train --task adding --model irnn --T 10")
     assert "Memoryless baseline 0.1667; solved: validation MSE below 0.01" in result.stdout
-    status = CliRunner().invoke(app, ["status"])
+    # The reproduce line re-runs the best trial alone, to the value the report shows.
+    import shlex
+
+    args = shlex.split(rows[0]["reproduce"])[1:]
+    again_alone = CliRunner().invoke(app, [*args, "--json"])
+    assert again_alone.exit_code == 0, again_alone.output
+    alone = json.loads(again_alone.stdout)
+    assert alone["best"]["val_mse"] == pytest.approx(rows[0]["best_value"], rel=1e-4)
+    status = CliRunner().invoke(app, ["status"], env={"COLUMNS": "80"})
     assert status.exit_code == 0 and "tiny.irnn" in status.stdout and "no worker alive" in status.stdout
+    # Readable in 80 columns: no header cut to "comp…".
+    assert "…" not in status.stdout and max(len(line) for line in status.stdout.splitlines()) <= 80
+    # optuna-dashboard shows the objective by name.
+    import optuna
+
+    (study_obj,) = [optuna.load_study(study_name="tiny.irnn", storage=f"sqlite:///{tmp_path / 'home' / 'optuna.db'}")]
+    assert study_obj.metric_names == ["val_mse"]
 
     # Our experiment database: the launches, the study, every trial run with its outcome.
     from irnn_search.db import repo
@@ -208,6 +223,12 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     parents = [r for r in runs if r.data.tags.get("irnn.role") == "study"]
     children = [r for r in runs if r.data.tags.get("irnn.role") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # The parent carries the study's answer, so the runs table compares models side by side.
+    summary = parents[0].data
+    assert summary.metrics["trials"] == 3 and summary.metrics["best_value"] == pytest.approx(rows[0]["best_value"])
+    assert summary.metrics["solved"] in (0.0, 1.0) and summary.metrics["device_hours"] > 0
+    assert "best.lr" in summary.tags and summary.tags["irnn.objective"] == "val_mse"
+    assert [m.step for m in client.get_metric_history(parents[0].info.run_id, "trials")][-1] == 3
     assert len(children) == 3 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all(r.info.status != "RUNNING" for r in runs)
     done = next(r for r in children if r.data.tags.get("irnn.outcome") == "complete")

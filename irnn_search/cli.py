@@ -367,15 +367,16 @@ def _solved_cell(a: Any) -> str:
 
 
 def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
+    from rich import box
     from rich.table import Table
 
     from irnn_search.service.answer import answer, lines_for
     from irnn_search.service.search import usage
 
-    table = Table(title=f"{spec.name}: {spec.task} {spec.task_options}", title_justify="left")
+    table = Table(title=f"{spec.name}: {spec.task} {spec.task_options}", title_justify="left", box=box.SIMPLE_HEAD)
     # Short headers: the table stays whole in an 80-column terminal.
     for col in ("model", "trials", "c/p/f", "run", f"best {spec.objective}", "solved", "ETA"):
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col != "model")
     lines = lines_for(spec)
     for study in studies.values():
         m = spec.model(study.user_attrs["model"])
@@ -642,21 +643,27 @@ def _status_data(settings: Any) -> dict[str, Any]:
 def _status_renderables(data: dict[str, Any]) -> list[Any]:
     from datetime import datetime
 
+    from rich import box
     from rich.table import Table
 
     if not data["studies"]:
         return ["no studies yet: `irnn-search launch <spec>` creates them"]
-    table = Table(title="studies (c/p/f: complete/pruned/failed)", title_justify="left")
-    # Short headers: the table stays whole in an 80-column terminal.
-    for col in ("study", "task", "c/p/f", "run", "wait", "best", "solved", "dev-h"):
-        table.add_column(col, justify="left" if col in ("study", "task") else "right", no_wrap=True)
+    # A light box and short headers: the table stays whole in an 80-column terminal (the task is
+    # in the title; a study's name starts with its spec's).
+    tasks = sorted({r["task"] or "?" for r in data["studies"]})
+    table = Table(
+        title=f"studies of {', '.join(tasks)} (c/p/f: complete/pruned/failed; solved: trials @ step)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("study", "c/p/f", "run", "wait", "best", "solved", "dev-h"):
+        table.add_column(col, justify="left" if col == "study" else "right", no_wrap=col != "study")
     for r in data["studies"]:
         solved = "–" if r["solved"] is None else f"{r['solved_trials']}/{r['started']}"
         if r["steps_to_solve"] is not None:
             solved += f" @{r['steps_to_solve']:,}"
         table.add_row(
             r["study"],
-            r["task"] or "?",
             f"{r['complete']}/{r['pruned']}/{r['failed']}",
             str(r["running"]),
             str(r["waiting"]),

@@ -275,7 +275,7 @@ def _verdict(rows: list[ModelRow]) -> list[str]:
         if solved:
             fastest = sorted(solved, key=lambda r: r.steps_to_solve or 0)
             out.append(
-                f"**Solved** ({r0.threshold_rule}): "
+                "**Solved**: "
                 + ", ".join(
                     f"{r.model} (best trial crossed at step {r.steps_to_solve:,}; {_fraction(r)} of its trials solved)"
                     for r in fastest

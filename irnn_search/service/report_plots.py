@@ -129,6 +129,7 @@ def landscapes(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLin
     coloured by clip threshold (or optimizer where clip is not searched), marked by how it ended;
     published-settings trials ringed."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     panels = [(s.user_attrs["model"], lineages(s.get_trials(deepcopy=False))) for s in studies.values()]
     panels = [(k, [lin for lin in lins if "lr" in lin.params and lin.best(spec.direction)[0] is not None])
@@ -157,6 +158,7 @@ def landscapes(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLin
                        s=90, facecolors="none", edgecolors="black", label="published settings")  # fmt: skip
         _lines(ax, lines)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow range labels every minor tick, overlapping
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)

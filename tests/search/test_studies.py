@@ -56,10 +56,12 @@ def test_smoke_specs_say_so_and_stay_small():
         smoke = spec.name.endswith("-smoke")
         assert spec.description.startswith("smoke:") == smoke, spec.name
         if smoke:
-            assert spec.steps <= 300 and len(spec.models) <= 3 and len(spec.seeds) == 1
+            # Small in compute: at most 200k training sequences per trial (adding-smoke, the main job,
+            # trains 3,000 steps at batch 64 so that its models visibly learn), a few trials, minutes.
+            assert spec.steps * spec.batch_size <= 200_000 and len(spec.models) <= 3 and len(spec.seeds) == 1
             for m in spec.models.values():
-                assert m.budget.trials is not None and m.budget.trials <= 6
-                assert m.budget.wall_time_s is not None and m.budget.wall_time_s <= 300
+                assert m.budget.trials is not None and m.budget.trials <= 8
+                assert m.budget.wall_time_s is not None and m.budget.wall_time_s <= 360
                 assert m.params["hidden_size"].value <= 32  # type: ignore[union-attr]
         else:
             assert "smoke" not in spec.description.lower()
@@ -113,15 +115,17 @@ def test_warm_start_maps_onto_every_study():
     assert enqueued[("copy", "exprnn")] == 2 and enqueued[("copy", "asrnn")] == 1
     assert enqueued[("smnist", "exprnn")] == 2 and enqueued[("pmnist", "asrnn")] == 1
     assert enqueued[("ptb", "nnrnn")] == 2 and enqueued[("ptb", "lstm")] == 2
-    assert enqueued[("adding-smoke", "irnn")] == 4
+    # the main job searches Adam and RMSprop only: the IRNN demo's Adam setting is enqueued, the
+    # paper's SGD ones are not (adding.toml runs them)
+    assert enqueued[("adding-smoke", "irnn")] == 1
 
 
 @pytest.mark.slow
-def test_adding_smoke_end_to_end_with_published_settings_first():
+def test_adding_end_to_end_with_published_settings_first():
     """Enqueue the literature, then run 2 trials of a real objective at a tiny size (< 10 s)."""
     torch.set_num_threads(1)
     started = time.perf_counter()
-    spec = load_spec("adding-smoke", studies_dir=STUDIES)
+    spec = load_spec("adding", studies_dir=STUDIES)
     model_spec = spec.model("irnn")
     study = optuna.create_study(direction=spec.direction, sampler=build_sampler(spec), pruner=build_pruner(spec))
     warm = enqueue_published(study, spec, "irnn")
@@ -130,7 +134,8 @@ def test_adding_smoke_end_to_end_with_published_settings_first():
     def objective(trial: optuna.Trial) -> float:
         train_kwargs, model_options = suggest(trial, model_spec)
         seed = spec.seeds[0]
-        task = build_task(spec.task, spec.task_options, seed=seed, batch_size=spec.batch_size)
+        tiny = {**spec.task_options, "T": 30, "val_size": 256}
+        task = build_task(spec.task, tiny, seed=seed, batch_size=16)
         seed_everything(seed)
         model = build_model(
             model_spec.family,

@@ -232,14 +232,20 @@ class AnswerKeepingPruner(optuna.pruners.BasePruner):
     """A pruner that does not throw answers away on long-memory tasks (minimized objectives).
 
     Trials of the adding and copy tasks sit on the memoryless plateau for thousands of steps and
-    then fall; comparing them there ranks noise. Around ``base`` (which is always asked first, so
-    ASHA still records its rungs), a "prune" is overruled when:
+    then fall; comparing them there ranks noise, and the fraction of trials that solve is part of
+    the answer. Around ``base`` (which is always asked first, so ASHA still records its rungs), a
+    "prune" is overruled when:
 
-    - the trial has already reported a value below ``threshold``: it solved the task, and the
-      fraction of trials that solve is part of the answer (the first real adding study lost an
-      LSTM at val MSE 0.0009 and an expRNN at 0.0086 to ASHA's 12,000-step rung);
-    - the trial is still on the plateau (its latest value at or above ``plateau``) and no other
-      trial had left the plateau by the same step: there is nothing to compare it with yet.
+    - the trial has already reported a value below ``threshold``: it solved the task (the first
+      real adding study lost an LSTM at val MSE 0.0009 and an expRNN at 0.0086 to ASHA's
+      12,000-step rung);
+    - the trial has left the plateau (its latest value below ``plateau``): it is learning, and
+      ranking learners against each other threw away an LSTM at 0.0116 that solved 250 steps
+      later when re-run alone (scripts/audit_pruning.py on the main job, 2026-12-07);
+    - the trial is still on the plateau and no other trial had left it by the same step: there
+      is nothing to compare it with yet.
+
+    So only a trial stuck on the plateau while another has already left it is pruned.
     """
 
     def __init__(self, base: optuna.pruners.BasePruner, *, threshold: float | None, plateau: float | None) -> None:
@@ -256,7 +262,9 @@ class AnswerKeepingPruner(optuna.pruners.BasePruner):
             return True
         if self.threshold is not None and min(values.values()) < self.threshold:
             return False
-        if self.plateau is not None and values[step] >= self.plateau:
+        if self.plateau is not None and values[step] < self.plateau:
+            return False  # learning
+        if self.plateau is not None:
             others = study.get_trials(deepcopy=False, states=_REPORTING)
             left = any(
                 v < self.plateau

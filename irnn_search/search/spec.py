@@ -104,9 +104,9 @@ SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {
     "gp": {"n_startup_trials": 10, "deterministic_objective": False},
 }
 #: pruner name -> its options and their defaults; "report_every" / "steps" are resolved per spec
-#: ``keep_answers`` (1 = on): never prune a trial that has crossed the task's solve threshold, nor
-#: one still on the memoryless plateau while no other trial has left it by that step (see
-#: ``search.space.AnswerKeepingPruner``).
+#: ``keep_answers`` (1 = on): on tasks with a solve threshold, only a trial stuck on the memoryless
+#: plateau while another has already left it may be pruned; solved and learning trials never are
+#: (see ``search.space.AnswerKeepingPruner``).
 PRUNER_OPTIONS: dict[str, dict[str, Any]] = {
     "asha": {
         "min_resource": "report_every",

@@ -249,6 +249,16 @@ def test_trials_all_on_the_plateau_are_not_ranked_by_noise(keep_answers: bool) -
     assert late.should_prune() is not keep_answers
 
 
+@pytest.mark.parametrize("keep_answers", [True, False])
+def test_a_learning_trial_is_not_ranked_against_faster_learners(keep_answers: bool) -> None:
+    study, _ = _asha_study(keep_answers)
+    for v in (0.001, 0.002):
+        _run_curve(study, {50: 0.16, 100: v})
+    learning = _run_curve(study, {50: 0.16}, finish=False)
+    learning.report(0.0116, 100)  # off the plateau, not yet solved, worse than both
+    assert learning.should_prune() is not keep_answers
+
+
 def test_a_plateau_trial_is_pruned_once_another_trial_left_the_plateau_by_that_step() -> None:
     study, _ = _asha_study(True)
     for v in (0.05, 0.06):  # left the plateau (below 0.9 x 1/6 = 0.15) by step 100

@@ -191,15 +191,17 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
 
 
 def _best_attempt(study: optuna.Study, spec: StudySpec) -> FrozenTrial | None:
-    """The latest attempt of the lineage that reached the best value (its checkpoint folder holds
-    that lineage's ``best.pt``), whether or not it completed."""
+    """The latest attempt that ran, of the lineage that reached the best value (its checkpoint
+    folder holds that lineage's ``best.pt``), whether or not it completed. A re-queued attempt
+    still WAITING is skipped: Optuna gives a waiting trial no params yet."""
     trials = study.get_trials(deepcopy=False)
     best_number = answer(study, spec, TaskLines(None, None, None)).best_trial
     if best_number is None:
         return None
     (lin,) = [lin for lin in lineages(trials) if lin.number == best_number]
     by_number = {t.number: t for t in trials}
-    return by_number[lin.trials[-1]]
+    ran = [by_number[n] for n in lin.trials if by_number[n].state != TrialState.WAITING]
+    return ran[-1] if ran else None
 
 
 def spec_studies(spec: StudySpec, storage_url: str) -> dict[str, optuna.Study]:

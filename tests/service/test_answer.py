@@ -112,3 +112,15 @@ def test_the_reproduce_line_carries_every_setting_of_the_trial() -> None:
     for part in ("--hidden 16", "-m identity_scale=0.5", "--optimizer adam", "--lr 0.00123", "--clip off",
                  "--steps 400", "--batch-size 32", "--eval-every 100", "--seed 0"):  # fmt: skip
         assert part in cmd
+
+
+def test_the_best_attempt_to_evaluate_skips_a_requeued_copy_still_waiting() -> None:
+    # After a Ctrl-C the best lineage's latest trial is its re-queued copy, WAITING, whose params
+    # Optuna leaves empty: the report's test evaluation crashed on it ("no optimizer").
+    from irnn_search.service.report import _best_attempt
+
+    study = _study(_trial(TrialState.FAIL, {100: 0.16, 200: 0.0002}, 1e-3, outcome="interrupted"))
+    study.enqueue_trial({"lr": 1e-3, "clip": 1.0, "identity_scale": 1.0}, user_attrs={"lineage": 0, "retry_of": 0})
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    attempt = _best_attempt(study, SPEC)
+    assert attempt is not None and attempt.number == 0 and attempt.params["lr"] == 1e-3

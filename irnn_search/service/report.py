@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from irnn_search.search.literature import published_results
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.search import Usage, device_seconds, load_studies, stored_spec, study_name, usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,11 +118,10 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     appears. Returns None when nothing completed, the task has no test split (smoke tasks), or the
     checkpoint is gone.
     """
-    import torch
-
     from irnn_search.search.space import build_train_config, params_to_kwargs
+    from irnn_search.service.attempt import BEST_SHA256
     from irnn_search.service.single import prepare_run
-    from irnn_search.train import evaluate
+    from irnn_search.train import CheckpointError, evaluate, file_digest, load_checkpoint
 
     spec = stored_spec(study)
     best = _best(study.get_trials(deepcopy=False), spec.direction)
@@ -144,7 +146,15 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     ckpt = Path(best.user_attrs.get("checkpoint_dir", "")) / f"seed-{seed}" / "best.pt"
     if not ckpt.is_file():
         return None
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    written = best.user_attrs.get(f"{BEST_SHA256}{seed}")
+    if written is not None and file_digest(ckpt) != written:
+        log.warning("%s is not the best.pt trial %d wrote (its SHA-256 differs): not evaluated", ckpt, best.number)
+        return None
+    try:
+        state = load_checkpoint(ckpt)
+    except CheckpointError as exc:
+        log.warning("trial %d is not evaluated on the test split: %s", best.number, exc)
+        return None
     run.model.load_state_dict(state["model"])
     metrics = evaluate(run.model, run.task, "test")
     result = {"trial": best.number, "step": int(state["step"]), "metrics": metrics, "checkpoint": str(ckpt)}

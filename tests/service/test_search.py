@@ -145,7 +145,7 @@ def test_an_interrupted_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_pa
     ckpt = Path(first.user_attrs["checkpoint_dir"]) / "seed-0" / "last.pt"
     import torch
 
-    stopped_at = torch.load(ckpt, weights_only=False)["step"]
+    stopped_at = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < stopped_at < 3000
     assert usage(studies["irnn"]).finished == 0  # an interrupted attempt does not use the budget
     work(load_studies(storage), checkpoint_root=tmp_path / "ckpt", stop=threading.Event())

@@ -426,7 +426,7 @@ def launch_cmd(
     tracker = _tracker(settings, track)
     ledger = _ledger(settings)
     try:
-        studies = open_studies(spec, settings.storage_url, tracker)
+        studies = open_studies(spec, settings.storage_url, tracker, max_lost=settings.max_lost_attempts)
     except (SearchError, SpecError) as exc:
         raise _fail(str(exc)) from None
     except Exception as exc:  # an unreachable or wrong database
@@ -453,6 +453,7 @@ def launch_cmd(
         db_url=settings.db_url,
         heartbeat=(settings.heartbeat_s, settings.grace_s),
         pack=pack,
+        max_lost=settings.max_lost_attempts,
     )
     from rich.live import Live
 
@@ -696,6 +697,7 @@ def worker_cmd(
             tracker=tracker,
             ledger=ledger,
             retry_s=settings.db_retry_s,
+            max_lost=settings.max_lost_attempts,
         )
     except SearchError as exc:
         raise _fail(str(exc)) from None

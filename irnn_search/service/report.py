@@ -18,7 +18,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.search.literature import published_results
 from irnn_search.search.spec import StudySpec
-from irnn_search.service.search import Usage, device_seconds, load_studies, stored_spec, study_name, usage
+from irnn_search.service.search import (
+    GAVE_UP,
+    Usage,
+    device_seconds,
+    load_studies,
+    stored_spec,
+    study_name,
+    usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,8 @@ class ModelRow:
     test_value: float | None = None  # the objective's metric on the test split, best trial's best-val checkpoint
     test_metrics: dict[str, float] = field(default_factory=dict)
     published_numbers: list[dict[str, Any]] = field(default_factory=list)  # what the papers report
+    # trials failed for good because their worker died on every attempt: {"trial": n, "reason": ...}
+    gave_up: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _finite(t: FrozenTrial) -> bool:
@@ -98,6 +108,11 @@ def model_row(study: optuna.Study) -> ModelRow:
         best_trial=best.number if best else None,
         published_settings_value=best_published.value if best_published else None,
         published_settings_label=best_published.user_attrs.get("label") if best_published else None,
+        gave_up=[
+            {"trial": t.number, "reason": t.user_attrs.get("reason", "")}
+            for t in trials
+            if t.state == TrialState.FAIL and t.user_attrs.get(GAVE_UP)
+        ],
         published_numbers=numbers,
         test_value=_test_value(study, spec),
         test_metrics=dict(study.user_attrs.get("test_eval", {}).get("metrics", {})),
@@ -227,6 +242,10 @@ def render(rows: list[ModelRow], fmt: str, *, spec: StudySpec | None = None) -> 
     for r in rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
         lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}")
+    gave_up = [(r.model, g) for r in rows for g in r.gave_up]
+    if gave_up:
+        lines += ["", "Trials failed for good (their worker died on every attempt):", ""]
+        lines += [f"- {model} trial {g['trial']}: {g['reason']}" for model, g in gave_up]
     numbers = [(r.model, n) for r in rows for n in r.published_numbers]
     lines += [
         "",

@@ -157,6 +157,48 @@ def test_an_interrupted_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_pa
     assert requeue_interrupted(studies["irnn"]) == 0
 
 
+def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_attempts(
+    tmp_path: Path, storage: str
+) -> None:
+    import dataclasses
+
+    from irnn_search.service.search import Janitor, budget_left
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=1)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    janitor = Janitor(max_lost=3)
+
+    def attempt(outcome: str | None) -> optuna.Trial:
+        trial = study.ask()  # the re-queued copy comes first
+        trial.suggest_float("identity_scale", 0.1, 1.0)
+        if outcome is not None:
+            trial.set_user_attr("outcome", outcome)
+        frozen = study.tell(trial, state=TrialState.FAIL)
+        if outcome is None:
+            janitor.on_stale(study, frozen)  # its worker died: a janitor failed it
+        else:
+            requeue_interrupted(study, min_age_s=0)  # SIGTERM: released, does not count
+        return trial
+
+    first = attempt(None)
+    attempt("interrupted")
+    attempt(None)
+    assert [t.state for t in study.trials].count(TrialState.WAITING) == 1
+    attempt(None)  # the third lost attempt
+    trials = study.trials
+    assert TrialState.WAITING not in [t.state for t in trials]
+    last = trials[-1]
+    assert last.state == TrialState.FAIL and last.user_attrs["outcome"] == "failed"
+    assert last.user_attrs["lineage"] == first.number and last.user_attrs["lost_attempts"] == 3
+    assert last.params == first.params
+    assert last.user_attrs["reason"].startswith("gave up: the worker running this trial died on 3 attempts")
+    u = usage(study)
+    assert u.failed == 1 and not budget_left(study, spec.model("irnn"), u)  # it counts against the budget
+    assert requeue_interrupted(study, min_age_s=0) == 0  # and nothing re-queues it again
+    report = render(rows_for(spec, storage), "md")
+    assert f"- irnn trial {last.number}: gave up: the worker running this trial died on 3 attempts" in report
+
+
 def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -106,6 +106,10 @@ def test_heartbeat_settings_are_validated() -> None:
         Settings.from_env({"IRNN_SEARCH_HEARTBEAT_S": "10", "IRNN_SEARCH_GRACE_S": "5"})
     with pytest.raises(ValueError, match="HEARTBEAT_S must be an integer"):
         Settings.from_env({"IRNN_SEARCH_HEARTBEAT_S": "soon"})
+    assert Settings.from_env({}).max_lost_attempts == 3
+    assert Settings.from_env({"IRNN_SEARCH_MAX_LOST_ATTEMPTS": "5"}).max_lost_attempts == 5
+    with pytest.raises(ValueError, match="MAX_LOST_ATTEMPTS must be an integer >= 1"):
+        Settings.from_env({"IRNN_SEARCH_MAX_LOST_ATTEMPTS": "0"})
 
 
 def _running_trial(storage: ResilientRDBStorage, name: str) -> tuple[optuna.Study, int]:

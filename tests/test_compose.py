@@ -449,6 +449,29 @@ def test_storage_proxy_entry_uses_optunas_proxy() -> None:
     assert done.returncode == 0
 
 
+def test_storage_proxy_listens_on_loopback_unless_told_and_compose_publishes_it_on_loopback(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    import optuna.storages
+
+    spec = importlib.util.spec_from_file_location("grpc_proxy", ROOT / "docker" / "grpc_proxy.py")
+    assert spec is not None and spec.loader is not None
+    proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proxy)
+    seen: list[str] = []
+    monkeypatch.setattr(optuna.storages, "run_grpc_proxy_server", lambda storage, host, port: seen.append(host))
+    monkeypatch.setenv("IRNN_SEARCH_STORAGE", f"sqlite:///{tmp_path / 'o.db'}")
+    monkeypatch.delenv("IRNN_GRPC_PROXY_HOST", raising=False)
+    proxy.main()
+    monkeypatch.setenv("IRNN_GRPC_PROXY_HOST", "10.0.0.5")
+    proxy.main()
+    assert seen == ["127.0.0.1", "10.0.0.5"]
+    ports = [str(p) for p in services["storage-proxy"]["ports"]]
+    assert ports and all(p.startswith("127.0.0.1:") for p in ports)  # IRNN_BIND unset
+
+
 # -- native rehearsal of the migrate service
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from irnn_search.search.space import PruneGate, build_train_config, suggest
-from irnn_search.search.spec import StudySpec
+from irnn_search.search.spec import StudySpec, valid_name
 from irnn_search.service.single import Run, prepare_run
 from irnn_search.service.storage import PACK_SLOTS
 from irnn_search.tracking import Tracker, TrackingError
@@ -107,9 +107,25 @@ LAST_SHA256, BEST_SHA256 = "last_sha256_seed", "best_sha256_seed"
 KEEP_DIGESTS = 3
 
 
+class UnsafePath(ValueError):
+    """A name read back from storage would place a file outside the checkpoint root."""
+
+
 def checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
+    """``root/<study>/trial-<lineage>/seed-<seed>``. The study name and lineage come from shared
+    storage, so they are checked again: a valid name, an integer lineage and seed, and a folder
+    inside ``root`` (a study named ``../../x`` must not write elsewhere).
+
+    Raises:
+        UnsafePath: any of those does not hold (the trial fails with this reason).
+    """
     lineage = trial.user_attrs.get("lineage", trial.number)
-    return root / study / f"trial-{lineage}" / f"seed-{seed}"
+    if not valid_name(study) or type(lineage) is not int or lineage < 0 or type(seed) is not int:
+        raise UnsafePath(f"refusing checkpoint folder for study {study!r}, lineage {lineage!r}, seed {seed!r}")
+    path = root / study / f"trial-{lineage}" / f"seed-{seed}"
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UnsafePath(f"refusing checkpoint folder {path}: it is outside {root}")
+    return path
 
 
 class Attempt:

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler
-from irnn_search.search.spec import ModelSpec, StudySpec
+from irnn_search.search.spec import ModelSpec, SpecError, StudySpec, valid_name
 from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
 from irnn_search.service.storage import (
     DEVICE_S,
@@ -492,19 +492,35 @@ def load_studies(
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     wanted = set(names) if names else None
     out = {}
+    refused: dict[str, str] = {}
     for s in summaries:
         if wanted is not None and s.study_name not in wanted:
             continue
         if "spec_hash" not in s.user_attrs:
             continue
-        spec = StudySpec.from_dict(s.user_attrs["spec"])
+        # Names read back from shared storage name folders (checkpoints): checked again here.
+        try:
+            spec = StudySpec.from_dict(s.user_attrs["spec"])
+        except SpecError as exc:
+            refused[s.study_name] = str(exc)
+            continue
+        if s.study_name != study_name(spec.name, s.user_attrs.get("model", "")) or not valid_name(s.study_name):
+            refused[s.study_name] = (
+                f"its name is not <spec>.<model> of its stored spec ({spec.name!r}, model "
+                f"{s.user_attrs.get('model')!r}) with letters, digits, '_', '.', '-' only"
+            )
+            continue
         out[s.study_name] = optuna.load_study(
             study_name=s.study_name,
             storage=storage,
             sampler=build_sampler(spec, stream=stream),
             pruner=build_pruner(spec),
         )
+    for name, why in refused.items():
+        log.warning("study %r on the storage is skipped: %s", name, why)
     if wanted is not None and (missing := wanted - set(out)):
+        if bad := [n for n in sorted(missing) if n in refused]:
+            raise SearchError(f"study {bad[0]!r} on this storage is refused: {refused[bad[0]]}")
         raise SearchError(f"no such study launched on this storage: {', '.join(sorted(missing))}")
     return out
 

@@ -199,6 +199,44 @@ def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_atte
     assert f"- irnn trial {last.number}: gave up: the worker running this trial died on 3 attempts" in report
 
 
+@pytest.mark.parametrize("spec_name", ["tiny", "../../../escaped"])
+def test_a_study_planted_under_a_path_escaping_name_is_refused_and_writes_nothing_outside_home(
+    tmp_path: Path, storage: str, spec_name: str
+) -> None:
+    import dataclasses
+
+    home = tmp_path / "home" / "a" / "b"
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=1, steps=20)), warm_start=False)
+    genuine = open_studies(spec, storage)["irnn"]
+    planted = optuna.create_study(study_name="../../../escaped", storage=storage)
+    data = {**genuine.user_attrs["spec"], "name": spec_name}
+    for key, value in {**genuine.user_attrs, "spec": data}.items():
+        planted.set_user_attr(key, value)
+    planted.enqueue_trial({"identity_scale": 0.5})
+    with pytest.raises(SearchError, match=r"study '\.\./\.\./\.\./escaped' on this storage is refused"):
+        load_studies(storage, ["../../../escaped"])
+    studies = load_studies(storage)
+    assert list(studies) == ["tiny.irnn"]
+    work(studies, checkpoint_root=home / "checkpoints", stop=threading.Event())
+    assert not (tmp_path / "home" / "escaped").exists() and not (home / "escaped").exists()
+    assert planted.trials[0].state == TrialState.WAITING  # never run
+
+
+def test_a_checkpoint_folder_from_names_read_back_from_storage_stays_inside_its_root(
+    tmp_path: Path, storage: str
+) -> None:
+    from irnn_search.service.attempt import UnsafePath, checkpoint_dir
+
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    assert checkpoint_dir(tmp_path, "tiny.irnn", trial, 0) == tmp_path / "tiny.irnn" / "trial-0" / "seed-0"
+    with pytest.raises(UnsafePath):
+        checkpoint_dir(tmp_path, "../../../escaped", trial, 0)
+    trial.set_user_attr("lineage", "0/../../../../x")
+    with pytest.raises(UnsafePath):
+        checkpoint_dir(tmp_path, "tiny.irnn", trial, 0)
+
+
 def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -443,7 +443,7 @@ def launch_cmd(
     tracker = _tracker(settings, track)
     ledger = _ledger(settings)
     try:
-        studies = open_studies(spec, settings.storage_url, tracker)
+        studies = open_studies(spec, settings.storage_url, tracker, max_lost=settings.max_lost_attempts)
     except (SearchError, SpecError) as exc:
         raise _fail(str(exc)) from None
     except Exception as exc:  # an unreachable or wrong database
@@ -470,6 +470,7 @@ def launch_cmd(
         db_url=settings.db_url,
         heartbeat=(settings.heartbeat_s, settings.grace_s),
         pack=pack,
+        max_lost=settings.max_lost_attempts,
     )
     from rich.live import Live
 
@@ -734,6 +735,7 @@ def worker_cmd(
             tracker=tracker,
             ledger=ledger,
             retry_s=settings.db_retry_s,
+            max_lost=settings.max_lost_attempts,
         )
     except SearchError as exc:
         raise _fail(str(exc)) from None
@@ -802,18 +804,28 @@ def dashboard_cmd(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8080,
 ) -> None:
-    """Start optuna-dashboard on the configured storage."""
-    import os
-    import shutil
+    """Start optuna-dashboard on the configured storage.
 
+    The server runs in this process (optuna-dashboard's ``run_server``), so the storage URL, which
+    holds the database password, never appears on a command line (``ps`` shows every user's).
+    """
     from irnn_search.settings import mask_url
 
     settings = _settings()
-    exe = shutil.which("optuna-dashboard")
-    if exe is None:
-        raise _fail("optuna-dashboard is not installed", "pip install optuna-dashboard")
-    _console(stderr=True).print(f"optuna-dashboard on http://{host}:{port} for {mask_url(settings.storage_url)}")
-    os.execv(exe, [exe, settings.storage_url, "--host", host, "--port", str(port)])
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise _fail("optuna-dashboard is not installed", "pip install optuna-dashboard") from None
+    import optuna
+
+    url = settings.storage_url
+    try:
+        # An RDB storage creates Optuna's tables when they are missing, as the dashboard CLI does.
+        storage = optuna.storages.RDBStorage(url) if "://" in url else url
+    except Exception as exc:  # an unreachable or wrong database
+        raise _storage_error(exc, url) from None
+    _console(stderr=True).print(f"optuna-dashboard on http://{host}:{port} for {mask_url(url)}")
+    run_server(storage, host=host, port=port)
 
 
 db_app = typer.Typer(help="Migrate the experiment database (ours; Optuna and MLflow migrate their own).")

@@ -44,6 +44,9 @@ class Settings:
     grace_s: int = 30
     #: how long storage calls are retried while the database connection is lost (a restart)
     db_retry_s: int = 120
+    #: attempts of one trial whose worker died before the trial is failed for good (a trial that
+    #: kills its worker, e.g. out of memory, would otherwise crash-loop a pool for ever)
+    max_lost_attempts: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +84,7 @@ class Settings:
             heartbeat_s=heartbeat,
             grace_s=grace,
             db_retry_s=count("DB_RETRY_S", cls.db_retry_s, minimum=0) or 0,
+            max_lost_attempts=count("MAX_LOST_ATTEMPTS", cls.max_lost_attempts) or cls.max_lost_attempts,
         )
 
     def _sqlite(self, name: str) -> str:

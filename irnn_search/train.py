@@ -11,13 +11,17 @@ so the data position is the step counter).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import pickle
 import random
+import re
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,6 +46,11 @@ ProgressHook = Callable[[int, float], None]
 
 class TrainError(ValueError):
     """The run cannot start: bad settings or a checkpoint that belongs to another run."""
+
+
+class CheckpointError(TrainError):
+    """A checkpoint that cannot or must not be loaded: empty, truncated, corrupt, or holding Python
+    objects other than tensors and plain data (which unpickling could make run code)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,49 @@ def _atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint as tensors and plain data only (``torch.load(weights_only=True)``).
+
+    Every checkpoint this package writes holds nothing else (the Python RNG state is a tuple of
+    ints; configs are stored as dicts). A file from elsewhere (a shared artifact store, a planted
+    ``last.pt``) that names any other Python object is refused before anything in it runs.
+
+    Raises:
+        CheckpointError: one line naming the file and what is wrong with it: refused (it names
+            Python objects such as ``posix.system``) or unreadable (empty, truncated, corrupt).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it names the Python object {named.group(1)}" if named else "it holds Python objects"
+        raise CheckpointError(
+            f"{path} was refused: {what}, not only tensors and plain data, so loading it could run code; "
+            "delete it (or use another checkpoint folder) to start over"
+        ) from None
+    except Exception as exc:  # torch reports a torn file as EOFError, RuntimeError, KeyError...
+        detail = str(exc).splitlines()[0] if str(exc) else "the file is empty or ends too early"
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt: {detail[:120]}); "
+            "delete it (or use another checkpoint folder) to start over"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of irnn-search (it holds a {type(ckpt).__name__})")
+    return ckpt
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex: what a trial records of each checkpoint it writes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _identity(task: Task, model: RecurrentModel, config: TrainConfig) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (steps may grow; device may change)."""
     cfg = asdict(replace(config, steps=1, device="cpu"))
@@ -247,7 +299,7 @@ def train(
     resumed_from: int | None = None
 
     if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
-        ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_dir / "last.pt")
         if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("identity") != identity:
             raise TrainError(
                 f"{ckpt_dir / 'last.pt'} belongs to a different run (task, model or training settings differ); "

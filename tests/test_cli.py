@@ -52,6 +52,25 @@ def test_checkpoint_dir_resumes_a_finished_run_without_retraining(tmp_path: Path
     assert first["steps"] == 20 and longer["resumed_from"] == 20 and longer["steps"] == 30
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "payload"])
+def test_a_damaged_or_planted_last_pt_is_one_line_and_exit_2(tmp_path: Path, damage: str) -> None:
+    from tests.test_train import plant_payload
+
+    args = ["train", *SMALL, "--checkpoint-dir", str(tmp_path), "--json"]
+    assert runner.invoke(app, args).exit_code == 0
+    last = tmp_path / "last.pt"
+    if damage == "payload":
+        plant_payload(last, tmp_path / "ran")
+    else:
+        last.write_bytes(b"" if damage == "empty" else last.read_bytes()[:100])
+    result = runner.invoke(app, [*args[:-1], "--steps", "30"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "ran").exists()
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(last) in errors[0], result.output  # one line, naming the file
+    assert ("refused" if damage == "payload" else "not a readable checkpoint") in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

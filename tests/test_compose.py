@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -361,13 +362,25 @@ def test_irnn_search_commands_exist_in_the_cli(services: dict[str, Any]) -> None
 def test_migrate_runs_our_optuna_and_mlflow_upgrades(services: dict[str, Any]) -> None:
     lines = script_lines(migrate_script(services))
     assert ["irnn-search", "db", "upgrade"] in lines
-    assert ["optuna", "storage", "upgrade", "--storage", "$IRNN_SEARCH_STORAGE"] in lines
-    assert ["mlflow", "db", "upgrade", "$MLFLOW_BACKEND_STORE_URI"] in lines
+    assert ["OPTUNA_STORAGE=$IRNN_SEARCH_STORAGE", "optuna", "storage", "upgrade"] in lines
+    assert any(line[:2] == ["python", "-c"] and "mlflow.db import upgrade" in line[2] for line in lines)
     env = env_of(services["migrate"])
     for argv in lines:
         for word in argv:
             for var in re.findall(r"\$\{?([A-Z_]+)", word):
                 assert var in env, f"migrate uses ${var}, which its environment does not set"
+
+
+def test_no_database_url_or_password_is_on_a_command_line(services: dict[str, Any]) -> None:
+    """Every user of the host sees every process's argv (``ps``): URLs with passwords go by environment."""
+    secret = re.compile(r"\$\{?(IRNN_SEARCH_(STORAGE|DB|MLFLOW_URI)|MLFLOW_BACKEND_STORE_URI|IRNN_PG_PASSWORD)\b")
+    for argv in script_lines(migrate_script(services)):
+        command = [w for w in itertools.dropwhile(lambda w: re.match(r"^[A-Z_]+=", w), argv)]
+        assert not any(secret.search(w) for w in command), argv
+    for name, service in services.items():
+        for key in ("command", "entrypoint"):
+            words = as_list(service.get(key)) if key != "command" or name != "migrate" else []
+            assert not any(secret.search(str(w)) or "://" in str(w) for w in words), (name, key, words)
 
 
 # -- Dockerfile
@@ -448,6 +461,29 @@ def test_storage_proxy_entry_uses_optunas_proxy() -> None:
     assert "run_grpc_proxy_server" in text and "IRNN_SEARCH_STORAGE" in text
     done = subprocess.run([sys.executable, "-m", "py_compile", str(ROOT / "docker" / "grpc_proxy.py")])
     assert done.returncode == 0
+
+
+def test_storage_proxy_listens_on_loopback_unless_told_and_compose_publishes_it_on_loopback(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    import optuna.storages
+
+    spec = importlib.util.spec_from_file_location("grpc_proxy", ROOT / "docker" / "grpc_proxy.py")
+    assert spec is not None and spec.loader is not None
+    proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proxy)
+    seen: list[str] = []
+    monkeypatch.setattr(optuna.storages, "run_grpc_proxy_server", lambda storage, host, port: seen.append(host))
+    monkeypatch.setenv("IRNN_SEARCH_STORAGE", f"sqlite:///{tmp_path / 'o.db'}")
+    monkeypatch.delenv("IRNN_GRPC_PROXY_HOST", raising=False)
+    proxy.main()
+    monkeypatch.setenv("IRNN_GRPC_PROXY_HOST", "10.0.0.5")
+    proxy.main()
+    assert seen == ["127.0.0.1", "10.0.0.5"]
+    ports = [str(p) for p in services["storage-proxy"]["ports"]]
+    assert ports and all(p.startswith("127.0.0.1:") for p in ports)  # IRNN_BIND unset
 
 
 # -- native rehearsal of the migrate service

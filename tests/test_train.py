@@ -11,7 +11,7 @@ import torch
 from irnn_search.models import build_model
 from irnn_search.models.base import ParamGroup
 from irnn_search.tasks import build_task
-from irnn_search.train import TrainConfig, TrainError, build_optimizer, seed_everything, train
+from irnn_search.train import CheckpointError, TrainConfig, TrainError, build_optimizer, seed_everything, train
 
 
 def _run(
@@ -101,6 +101,54 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
         train(model2, task2, config2, checkpoint_dir=tmp_path)
 
 
+class _Payload:
+    """A pickled object that runs a shell command when unpickled (what a planted ``last.pt`` holds)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant_payload(path: Path, marker: Path) -> None:
+    """Write ``path`` as a checkpoint whose unpickling would create ``marker``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": 1, "identity": _Payload(marker), "step": 0}, path)
+
+
+@pytest.mark.parametrize("family", ["irnn", "lstm", "exprnn", "scornn", "nnrnn", "asrnn"])
+def test_every_checkpoint_written_loads_as_tensors_and_plain_data(tmp_path: Path, family: str) -> None:
+    model, task, config = _run(steps=10, model=family)
+    train(model, task, config, checkpoint_dir=tmp_path)
+    for name in ("last.pt", "best.pt"):
+        assert torch.load(tmp_path / name, weights_only=True)["step"] == 10
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    plant_payload(tmp_path / "ckpt" / "last.pt", marker)
+    model, task, config = _run(steps=10)
+    with pytest.raises(CheckpointError, match=r"last.pt was refused: it names the Python object posix.system") as exc:
+        train(model, task, config, checkpoint_dir=tmp_path / "ckpt")
+    assert not marker.exists()
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 torn", "half"])
+def test_an_empty_or_truncated_checkpoint_is_one_clear_error(tmp_path: Path, content: bytes | str) -> None:
+    model, task, config = _run(steps=10)
+    train(model, task, config, checkpoint_dir=tmp_path)
+    whole = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(whole[: len(whole) // 2] if content == "half" else content)  # type: ignore[arg-type]
+    model, task, config = _run(steps=20)
+    with pytest.raises(CheckpointError, match=r"last.pt is not a readable checkpoint \(truncated or corrupt") as exc:
+        train(model, task, config, checkpoint_dir=tmp_path)
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 100.0), ("adam", 10.0), ("rmsprop", 10.0)])
 def test_huge_learning_rate_without_clipping_ends_as_diverged_not_a_crash(optimizer: str, lr: float) -> None:
     model, task, config = _run(steps=200, optimizer=optimizer, lr=lr, clip=None)
@@ -149,7 +197,7 @@ def test_report_hook_receives_validation_metrics_and_can_stop_the_run() -> None:
 def test_best_checkpoint_holds_the_best_validation_model(tmp_path: Path) -> None:
     model, task, config = _run(steps=30)
     result = train(model, task, config, checkpoint_dir=tmp_path)
-    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["best"]["val_mse"] == result.best["val_mse"]
     assert best["step"] == int(result.best["step"])
 
@@ -234,7 +282,7 @@ def test_truncated_bptt_resume_carries_the_hidden_state(tmp_path: Path, shared_d
 
     model_b, task_b = build()
     train(model_b, task_b, TrainConfig(**{**config.__dict__, "steps": 6}), checkpoint_dir=tmp_path)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["state"] is not None  # mid-epoch carried state
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["state"] is not None  # mid-epoch carried state
     model_c, task_c = build()
     resumed = train(model_c, task_c, config, checkpoint_dir=tmp_path)
     # The 6-step run also evaluated at its own end (step 6); every evaluation of the full run recurs.

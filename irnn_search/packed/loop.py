@@ -65,6 +65,7 @@ from irnn_search.train import (
     _to,
     build_optimizer,
     divergence,
+    load_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def _start(member: Member) -> _Run:
     ckpt_dir = Path(member.checkpoint_dir) if member.checkpoint_dir is not None else None
     run = _Run(member, optimizer, _identity(task, model, config), ckpt_dir)
     if ckpt_dir is not None and member.resume and (ckpt_dir / "last.pt").exists():
-        ckpt = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(ckpt_dir / "last.pt")
         if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("identity") != run.identity:
             raise TrainError(
                 f"{ckpt_dir / 'last.pt'} belongs to a different run (task, model or training settings differ); "

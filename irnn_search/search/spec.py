@@ -158,12 +158,20 @@ METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
 _MAX_INT_VALUES = 4096
 # Combinations of range endpoints and choices checked jointly (asRNN's a <= b spans two keys).
 _MAX_JOINT_COMBINATIONS = 1024
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# A study or model name: also a folder name (checkpoints), so no separator and no leading dot.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _DURATION_RE = re.compile(
     r"^\s*(?:(?P<d>\d+(?:\.\d+)?)\s*d)?\s*(?:(?P<h>\d+(?:\.\d+)?)\s*h)?\s*"
     r"(?:(?P<m>\d+(?:\.\d+)?)\s*m)?\s*(?:(?P<s>\d+(?:\.\d+)?)\s*s)?\s*$"
 )
 _UNSET: Any = object()
+
+
+def valid_name(name: object) -> bool:
+    """Whether ``name`` is a valid study or model name: letters, digits, ``_``, ``.``, ``-``, not
+    starting with ``.`` (so it is one path component and never ``..``), nothing after it (no
+    trailing newline)."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 class SpecError(ValueError):
@@ -368,15 +376,26 @@ class StudySpec:
     def from_dict(cls, data: Mapping[str, Any]) -> StudySpec:
         """Rebuild a spec from ``to_dict()`` output (e.g. read back from the database).
 
-        The data is trusted to come from ``to_dict`` (it was validated at launch); only its format
-        version and shape are checked.
+        Storage is shared, so the data is not trusted to come from ``to_dict``: besides its format
+        version and shape, what names files or code is checked again (the study and model names,
+        the task, each model's family, the seeds).
 
         Raises:
-            SpecError: another format version or a missing key.
+            SpecError: another format version, a missing key, or an invalid name, task, family or seed.
         """
         if data.get("format") != SPEC_FORMAT:
             raise SpecError(f"stored spec has format {data.get('format')!r}; this version reads format {SPEC_FORMAT}")
         try:
+            bad = [repr(n) for n in (data["name"], *data["models"]) if not valid_name(n)]
+            if bad:
+                raise SpecError(f"stored spec has an invalid study or model name: {', '.join(bad)}")
+            if data["task"] not in TASK_NAMES:
+                raise SpecError(f"stored spec names an unknown task {data['task']!r}")
+            families = [m["family"] for m in data["models"].values()]
+            if unknown := [f for f in families if f not in MODELS]:
+                raise SpecError(f"stored spec names an unknown model family {unknown[0]!r}")
+            if not all(type(s) is int for s in data["seeds"]):
+                raise SpecError(f"stored spec has seeds that are not integers: {data['seeds']!r}")
             models = {}
             for name, m in data["models"].items():
                 params = {k: _param_from_dict(p) for k, p in m["params"].items()}
@@ -704,7 +723,7 @@ class _Resolver:
         name = st.get("name", default_name)
         if name is None:
             raise self.err("study.name", "missing (no file name to default to)", allowed="a name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not valid_name(name):
             raise self.err("study.name", "invalid study name", name, allowed="letters, digits, '_', '.', '-'")
         description = self.string(st.get("description", ""), "study.description")
 
@@ -924,7 +943,7 @@ class _Resolver:
         self, name: str, raw: Any, default_budget: Mapping[str, Any], *, steps: int, report_every: int
     ) -> ModelSpec:
         key = f"models.{name}"
-        if not _NAME_RE.match(name):
+        if not valid_name(name):
             raise self.err(key, "invalid model name", name, allowed="letters, digits, '_', '.', '-'")
         table = self.table(raw, key)
         family = table.get("family", name)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from irnn_search.search.space import PruneGate, build_train_config, suggest
-from irnn_search.search.spec import StudySpec
+from irnn_search.search.spec import StudySpec, valid_name
 from irnn_search.service.single import Run, prepare_run
 from irnn_search.service.storage import PACK_SLOTS
 from irnn_search.tracking import Tracker, TrackingError
-from irnn_search.train import TrainResult
+from irnn_search.train import TrainResult, file_digest
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger
@@ -98,9 +99,33 @@ class Heartbeats:
                     log.warning("heartbeat of trial id %d failed: %s", trial_id, exc)
 
 
+#: Trial user attrs, per seed (the seed number appended): the SHA-256 of the ``last.pt`` files this
+#: lineage wrote, newest first (a re-queued trial inherits them), and of its ``best.pt``.
+LAST_SHA256, BEST_SHA256 = "last_sha256_seed", "best_sha256_seed"
+#: how many recent ``last.pt`` digests a lineage keeps: an upload that lagged behind the newest
+#: checkpoint may still be resumed from
+KEEP_DIGESTS = 3
+
+
+class UnsafePath(ValueError):
+    """A name read back from storage would place a file outside the checkpoint root."""
+
+
 def checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
+    """``root/<study>/trial-<lineage>/seed-<seed>``. The study name and lineage come from shared
+    storage, so they are checked again: a valid name, an integer lineage and seed, and a folder
+    inside ``root`` (a study named ``../../x`` must not write elsewhere).
+
+    Raises:
+        UnsafePath: any of those does not hold (the trial fails with this reason).
+    """
     lineage = trial.user_attrs.get("lineage", trial.number)
-    return root / study / f"trial-{lineage}" / f"seed-{seed}"
+    if not valid_name(study) or type(lineage) is not int or lineage < 0 or type(seed) is not int:
+        raise UnsafePath(f"refusing checkpoint folder for study {study!r}, lineage {lineage!r}, seed {seed!r}")
+    path = root / study / f"trial-{lineage}" / f"seed-{seed}"
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UnsafePath(f"refusing checkpoint folder {path}: it is outside {root}")
+    return path
 
 
 class Attempt:
@@ -238,19 +263,74 @@ class Attempt:
                     raise optuna.TrialPruned(f"pruned at step {step}")
             return False
 
+        written: list[str] = list(trial.user_attrs.get(f"{LAST_SHA256}{seed}") or [])
+
         def on_checkpoint(path: Path) -> None:
+            # The digest is on the trial before the file can reach the artifact store.
+            digest = file_digest(path)
+            written[:] = [digest, *(d for d in written if d != digest)][:KEEP_DIGESTS]
+            trial.set_user_attr(f"{LAST_SHA256}{seed}", list(written))
             rid = self.ensure_run()
             if self.tracker is not None and rid is not None:
                 self.tracker.log_checkpoint(rid, path, f"checkpoints/seed-{seed}")
 
         ckpt = checkpoint_dir(self.checkpoint_root, trial.study.study_name, trial, seed)
         trial.set_user_attr("checkpoint_dir", str(ckpt.parent))
-        if self.tracker is not None and self.previous_run and not (ckpt / "last.pt").exists():
-            source = self.tracker.fetch_checkpoint(self.previous_run, f"checkpoints/seed-{seed}", ckpt)
-            if source is not None:
-                trial.set_user_attr(f"checkpoint_from_run_seed{seed}", source)
-                log.info("trial %d seed %d: fetched the checkpoint of run %s", trial.number, seed, source)
+        self._resume_point(ckpt, seed, written)
         return run, ckpt, report, on_checkpoint
+
+    def _resume_point(self, ckpt: Path, seed: int, written: list[str]) -> None:
+        """Leave in ``ckpt`` the newest ``last.pt`` this lineage wrote, or none (start afresh).
+
+        Only a file whose SHA-256 is among those the lineage recorded (``LAST_SHA256``) is
+        resumed: one planted in the artifact store or on this disk, or torn or corrupt, is moved
+        aside to ``last.pt.rejected`` and never loaded. A local file older than the newest is
+        replaced by the artifact store's copy when that one is newer. Each choice is logged.
+        """
+        trial, last = self.trial, ckpt / "last.pt"
+        label = f"{trial.study.study_name} trial {trial.number} seed {seed}"
+
+        def rank(path: Path) -> int | None:  # 0: the newest written; None: not written by this lineage
+            digest = file_digest(path)
+            return written.index(digest) if digest in written else None
+
+        def reject(path: Path, where: str) -> None:
+            last.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(last.with_name("last.pt.rejected"))
+            log.warning(
+                "%s: the checkpoint %s is not one this trial wrote (its SHA-256 is not among those recorded "
+                "on the trial); it is set aside as %s and not loaded",
+                label,
+                where,
+                last.with_name("last.pt.rejected"),
+            )
+
+        local = rank(last) if last.exists() else None
+        if last.exists() and local is None:
+            reject(last, f"at {last}")
+        if local != 0 and self.tracker is not None and self.previous_run:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=ckpt.parent, prefix=".fetch-") as tmp:
+                source = self.tracker.fetch_checkpoint(self.previous_run, f"checkpoints/seed-{seed}", tmp)
+                fetched = Path(tmp) / "last.pt"
+                if source is not None:
+                    got = rank(fetched)
+                    if got is None:
+                        reject(fetched, f"of MLflow run {source}")
+                    elif local is None or got < local:
+                        ckpt.mkdir(parents=True, exist_ok=True)
+                        fetched.replace(last)
+                        local = got
+                        trial.set_user_attr(f"checkpoint_from_run_seed{seed}", source)
+                        log.info("%s: fetched the checkpoint of run %s", label, source)
+        if local is None and written:
+            log.warning("%s: no checkpoint this trial wrote is available; the seed restarts from step 0", label)
+        elif local is not None and local > 0:
+            log.warning(
+                "%s: resumes from an earlier checkpoint (%d before the newest it wrote, which is not available)",
+                label,
+                local,
+            )
 
     def seed_done(self, i: int, seed: int, run: Run, result: TrainResult, ckpt: Path) -> None:
         """Record one seed's result. Raises ``optuna.TrialPruned`` (diverged) or
@@ -262,6 +342,8 @@ class Attempt:
         rid = self.ensure_run() if i == 0 else None
         if self.tracker is not None and rid is not None:
             log_trial_artifacts(self.tracker, rid, spec, run, result, ckpt, self.train_kwargs, self.model_options)
+        if (ckpt / "best.pt").exists():
+            trial.set_user_attr(f"{BEST_SHA256}{seed}", file_digest(ckpt / "best.pt"))  # checked by the report
         trial.set_user_attr("steps_per_s", result.steps_per_s)
         trial.set_user_attr("parameters", run.model.num_parameters())
         if result.outcome == "diverged":

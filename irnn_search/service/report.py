@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ from optuna.trial import FrozenTrial, TrialState
 from irnn_search.search.literature import SETTINGS_FROM, published_results
 from irnn_search.search.spec import SpecError, StudySpec
 from irnn_search.service.answer import TaskLines, answer, lineages, reproduce_command
-from irnn_search.service.search import Usage, load_studies, stored_spec, study_name, usage
+from irnn_search.service.search import GAVE_UP, Usage, load_studies, stored_spec, study_name, usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +60,9 @@ class ModelRow:
     published_settings_solved_at: int | None = None
     endings: dict[str, int] = field(default_factory=dict)
     reproduce: str | None = None  # the `irnn-search train` command that re-runs the best trial alone
+
+    # trials failed for good because their worker died on every attempt: {"trial": n, "reason": ...}
+    gave_up: list[dict[str, Any]] = field(default_factory=list)
 
 
 SMOKE_TASKS = frozenset(SETTINGS_FROM)
@@ -120,6 +126,11 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         published_settings_value=a.published_value,
         published_settings_label=a.published_label,
         published_numbers=published_numbers(spec.task, family),
+        gave_up=[
+            {"trial": t.number, "reason": t.user_attrs.get("reason", "")}
+            for t in study.get_trials(deepcopy=False)
+            if t.state == TrialState.FAIL and t.user_attrs.get(GAVE_UP)
+        ],
         test_value=_test_value(study, spec),
         test_metrics=dict(study.user_attrs.get("test_eval", {}).get("metrics", {})),
         baseline=a.baseline,
@@ -153,11 +164,10 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     appears. Returns None when nothing completed, the task has no test split (smoke tasks), or the
     checkpoint is gone.
     """
-    import torch
-
     from irnn_search.search.space import build_train_config, params_to_kwargs
+    from irnn_search.service.attempt import BEST_SHA256
     from irnn_search.service.single import prepare_run
-    from irnn_search.train import evaluate
+    from irnn_search.train import CheckpointError, evaluate, file_digest, load_checkpoint
 
     spec = stored_spec(study)
     best = _best_attempt(study, spec)
@@ -182,7 +192,15 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     ckpt = Path(best.user_attrs.get("checkpoint_dir", "")) / f"seed-{seed}" / "best.pt"
     if not ckpt.is_file():
         return None
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    written = best.user_attrs.get(f"{BEST_SHA256}{seed}")
+    if written is not None and file_digest(ckpt) != written:
+        log.warning("%s is not the best.pt trial %d wrote (its SHA-256 differs): not evaluated", ckpt, best.number)
+        return None
+    try:
+        state = load_checkpoint(ckpt)
+    except CheckpointError as exc:
+        log.warning("trial %d is not evaluated on the test split: %s", best.number, exc)
+        return None
     run.model.load_state_dict(state["model"])
     metrics = evaluate(run.model, run.task, "test")
     result = {"trial": best.number, "step": int(state["step"]), "metrics": metrics, "checkpoint": str(ckpt)}
@@ -351,6 +369,10 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
         lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}")
         if r.reproduce:
             lines.append(f"  `{r.reproduce}`")
+    gave_up = [(r.model, g) for r in rows for g in r.gave_up]
+    if gave_up:
+        lines += ["", "Trials failed for good (their worker died on every attempt):", ""]
+        lines += [f"- {model} trial {g['trial']}: {g['reason']}" for model, g in gave_up]
     numbers = [(r.model, n) for r in rows for n in r.published_numbers]
     lines += [
         "",

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler
-from irnn_search.search.spec import ModelSpec, StudySpec
+from irnn_search.search.spec import ModelSpec, SpecError, StudySpec, valid_name
 from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
 from irnn_search.service.storage import (
     DEVICE_S,
@@ -59,6 +59,11 @@ from irnn_search.train import TrainResult, train
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+#: attempts of one lineage whose worker died (lost, not interrupted) before the trial fails for good
+MAX_LOST = 3
+#: trial user attrs: how many attempts of the trial's lineage were lost before it; True on the
+#: failed trial that ends a lineage lost ``MAX_LOST`` times
+LOST_ATTEMPTS, GAVE_UP = "lost_attempts", "gave_up"
 
 
 class SearchError(RuntimeError):
@@ -69,7 +74,9 @@ def study_name(spec_name: str, model: str) -> str:
     return f"{spec_name}.{model}"
 
 
-def open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None = None) -> dict[str, optuna.Study]:
+def open_studies(
+    spec: StudySpec, storage_url: str, tracker: Tracker | None = None, *, max_lost: int = MAX_LOST
+) -> dict[str, optuna.Study]:
     """Create or load the studies of ``spec`` and enqueue the published settings (idempotent).
 
     With a ``tracker``, each study gets its MLflow parent run (one experiment per task); the ids
@@ -82,10 +89,10 @@ def open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None = No
         SearchError: a study of that name was launched with a different spec (its hash differs).
     """
     with launch_lock(storage_url, spec.name):
-        return _open_studies(spec, storage_url, tracker)
+        return _open_studies(spec, storage_url, tracker, max_lost)
 
 
-def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None) -> dict[str, optuna.Study]:
+def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None, max_lost: int) -> dict[str, optuna.Study]:
     storage = open_storage(storage_url, heartbeat_s=None)
     studies = {}
     for key, model in spec.models.items():
@@ -115,7 +122,7 @@ def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None) ->
         if study.metric_names != [spec.objective]:
             _name_objective(study, spec.objective)
         enqueue_published(study, spec, key)
-        requeue_released(study)
+        requeue_released(study, max_lost=max_lost)
         if tracker is not None:
             experiment_id = tracker.experiment(spec.task)
             parent = tracker.parent_run(
@@ -176,17 +183,38 @@ def released(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and t.user_attrs.get("outcome") in (None, "interrupted")
 
 
-def requeue(study: optuna.Study, t: FrozenTrial, reason: str) -> None:
+def requeue(study: optuna.Study, t: FrozenTrial, reason: str, *, max_lost: int = MAX_LOST) -> None:
     """Enqueue a copy of released trial ``t`` (same params and lineage): it resumes from the
-    lineage's checkpoint and logs into an MLflow run linked to ``t``'s."""
+    lineage's checkpoint and logs into an MLflow run linked to ``t``'s.
+
+    A lost ``t`` (its worker died: no ``interrupted`` outcome) counts against the lineage's
+    ``max_lost``; at that count the copy is added already failed, with outcome ``failed`` and the
+    reason, instead of queued: a trial that kills its worker (out of memory, a kernel crash) is
+    tried ``max_lost`` times, not for ever. Interrupted attempts (SIGTERM, Ctrl-C) do not count.
+    """
     attrs = {k: v for k, v in t.user_attrs.items() if k not in ("outcome", "reason", "retry_reason")}
     attrs["retry_of"] = t.number
     attrs["retry_reason"] = reason
     attrs.setdefault("lineage", t.number)
+    lost = int(t.user_attrs.get(LOST_ATTEMPTS, 0)) + (t.user_attrs.get("outcome") != "interrupted")
+    attrs[LOST_ATTEMPTS] = lost
+    if lost >= max_lost:
+        attrs["outcome"], attrs[GAVE_UP] = "failed", True
+        attrs["reason"] = (
+            f"gave up: the worker running this trial died on {lost} attempts (the limit, "
+            f"IRNN_SEARCH_MAX_LOST_ATTEMPTS, is {max_lost}); the last: {reason}"
+        )
+        log.warning("study %s trial %d (lineage %s): %s", study.study_name, t.number, attrs["lineage"], attrs["reason"])
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.FAIL, params=t.params, distributions=t.distributions, user_attrs=attrs
+            )
+        )
+        return
     study.enqueue_trial(t.params, user_attrs=attrs)
 
 
-def requeue_released(study: optuna.Study, *, min_age_s: float = 60.0) -> int:
+def requeue_released(study: optuna.Study, *, min_age_s: float = 60.0, max_lost: int = MAX_LOST) -> int:
     """Re-queue released trials that nobody re-queued (their worker died between failing and
     re-queueing them). Trials released in the last ``min_age_s`` seconds are left to the process
     that released them, which re-queues within milliseconds, so no trial is re-queued twice."""
@@ -199,7 +227,7 @@ def requeue_released(study: optuna.Study, *, min_age_s: float = 60.0) -> int:
             continue
         if t.datetime_complete is not None and now - t.datetime_complete.timestamp() < min_age_s:
             continue
-        requeue(study, t, t.user_attrs.get("reason") or "its worker stopped before re-queueing it")
+        requeue(study, t, t.user_attrs.get("reason") or "its worker stopped before re-queueing it", max_lost=max_lost)
         n += 1
     return n
 
@@ -218,15 +246,23 @@ class Janitor:
     ``grace + interval`` seconds, whether or not any worker starts a new trial.
     """
 
-    def __init__(self, *, tracker: Tracker | None = None, ledger: Ledger | None = None, grace_s: float = GRACE_S):
+    def __init__(
+        self,
+        *,
+        tracker: Tracker | None = None,
+        ledger: Ledger | None = None,
+        grace_s: float = GRACE_S,
+        max_lost: int = MAX_LOST,
+    ):
         self.tracker = tracker
         self.ledger = ledger
         self.grace_s = grace_s
+        self.max_lost = max_lost
         self.lost: list[tuple[str, int]] = []
 
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = f"lost: its worker sent no heartbeat for more than {self.grace_s:.0f} s (killed or unreachable)"
-        requeue(study, trial, reason)
+        requeue(study, trial, reason, max_lost=self.max_lost)
         self.lost.append((study.study_name, trial.number))
         log.warning("study %s trial %d: %s; re-queued", study.study_name, trial.number, reason)
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -470,19 +506,35 @@ def load_studies(
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     wanted = set(names) if names else None
     out = {}
+    refused: dict[str, str] = {}
     for s in summaries:
         if wanted is not None and s.study_name not in wanted:
             continue
         if "spec_hash" not in s.user_attrs:
             continue
-        spec = StudySpec.from_dict(s.user_attrs["spec"])
+        # Names read back from shared storage name folders (checkpoints): checked again here.
+        try:
+            spec = StudySpec.from_dict(s.user_attrs["spec"])
+        except SpecError as exc:
+            refused[s.study_name] = str(exc)
+            continue
+        if s.study_name != study_name(spec.name, s.user_attrs.get("model", "")) or not valid_name(s.study_name):
+            refused[s.study_name] = (
+                f"its name is not <spec>.<model> of its stored spec ({spec.name!r}, model "
+                f"{s.user_attrs.get('model')!r}) with letters, digits, '_', '.', '-' only"
+            )
+            continue
         out[s.study_name] = optuna.load_study(
             study_name=s.study_name,
             storage=storage,
             sampler=build_sampler(spec, stream=stream),
             pruner=build_pruner(spec),
         )
+    for name, why in refused.items():
+        log.warning("study %r on the storage is skipped: %s", name, why)
     if wanted is not None and (missing := wanted - set(out)):
+        if bad := [n for n in sorted(missing) if n in refused]:
+            raise SearchError(f"study {bad[0]!r} on this storage is refused: {refused[bad[0]]}")
         raise SearchError(f"no such study launched on this storage: {', '.join(sorted(missing))}")
     return out
 
@@ -497,9 +549,11 @@ def open_for_work(
     tracker: Tracker | None = None,
     ledger: Ledger | None = None,
     retry_s: float = RETRY_S,
+    max_lost: int = MAX_LOST,
 ) -> tuple[dict[str, optuna.Study], Janitor]:
-    """A worker's studies, with heartbeats on and a janitor that re-queues lost trials."""
-    janitor = Janitor(tracker=tracker, ledger=ledger, grace_s=grace_s)
+    """A worker's studies, with heartbeats on and a janitor that re-queues lost trials (up to
+    ``max_lost`` lost attempts per lineage)."""
+    janitor = Janitor(tracker=tracker, ledger=ledger, grace_s=grace_s, max_lost=max_lost)
     studies = load_studies(
         storage_url,
         names,
@@ -536,7 +590,7 @@ def work(
     """
     specs = {name: stored_spec(s) for name, s in studies.items()}
     for s in studies.values():
-        requeue_released(s)
+        requeue_released(s, max_lost=janitor.max_lost if janitor is not None else MAX_LOST)
     worker_id = ledger.start_worker(device) if ledger is not None else None
     ran = 0
     done = threading.Event()
@@ -742,6 +796,7 @@ def worker_process(
     db_url: str | None = None,
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
     pack: int = 1,
+    max_lost: int = MAX_LOST,
 ) -> None:
     """Entry point of a local worker process (``launch --workers N``): ``threads`` torch threads, quiet logs,
     SIGINT/SIGTERM stop after the current step with a checkpoint."""
@@ -768,7 +823,14 @@ def worker_process(
         ledger = Ledger(db_url)
     heartbeat_s, grace_s = heartbeat
     studies, janitor = open_for_work(
-        storage_url, names, stream=stream, heartbeat_s=heartbeat_s, grace_s=grace_s, tracker=tracker, ledger=ledger
+        storage_url,
+        names,
+        stream=stream,
+        heartbeat_s=heartbeat_s,
+        grace_s=grace_s,
+        tracker=tracker,
+        ledger=ledger,
+        max_lost=max_lost,
     )
     work(
         studies,
@@ -795,6 +857,7 @@ def start_workers(
     db_url: str | None = None,
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
     pack: int = 1,
+    max_lost: int = MAX_LOST,
 ) -> list[Any]:
     """Spawn ``workers`` local worker processes (spawn context: no forked torch or DB state)."""
     import multiprocessing as mp
@@ -816,6 +879,7 @@ def start_workers(
                 db_url,
                 heartbeat,
                 pack,
+                max_lost,
             ),
             name=f"irnn-search-worker-{i}",
         )

@@ -91,7 +91,41 @@ def _chain(error: BaseException) -> list[BaseException]:
     return out
 
 
-class ResilientRDBStorage(RDBStorage):
+class HeartbeatRDBStorage(RDBStorage):
+    """``RDBStorage`` whose stale trials include those that never beat.
+
+    Optuna's ``_get_stale_trial_ids`` skips a RUNNING trial with no heartbeat row, so a worker
+    killed between ``ask`` and its trial's first beat (wider in a pack) left the trial RUNNING for
+    ever. Such a trial is stale here once it started more than the grace period ago.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        ids: list[int] = super()._get_stale_trial_ids(study_id)
+        return ids + [i for i in _never_beat(self, study_id) if i not in ids]
+
+
+def _never_beat(storage: RDBStorage, study_id: int) -> list[int]:
+    """RUNNING trials of ``study_id`` with no heartbeat row, started longer than the grace period
+    ago (a start time is the starting worker's UTC clock, as Optuna writes it)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    interval = float(storage.heartbeat_interval or HEARTBEAT_S)
+    grace = float(storage.grace_period or 2 * interval)
+    cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=grace)
+    t, beat = _rdb_models.TrialModel, _rdb_models.TrialHeartbeatModel
+    query = (
+        select(t.trial_id)
+        .outerjoin(beat, beat.trial_id == t.trial_id)
+        .where(t.study_id == study_id, t.state == TrialState.RUNNING, beat.trial_id.is_(None))
+        .where(t._datetime_start_utc < cutoff)
+    )
+    with storage.engine.connect() as connection:
+        return [int(i) for i in connection.execute(query).scalars()]
+
+
+class ResilientRDBStorage(HeartbeatRDBStorage):
     """``RDBStorage`` whose public calls retry while the database connection is lost."""
 
     retry_s: float = RETRY_S
@@ -397,7 +431,7 @@ for _name, _fn in list(vars(RDBStorage).items()):
         setattr(ResilientRDBStorage, _name, wrapped)
 ResilientRDBStorage.trial_groups = _retrying(_trial_groups)  # type: ignore[attr-defined]  # retried like the rest
 _record_heartbeat = _retrying(RDBStorage.record_heartbeat)
-_get_stale_trial_ids = _retrying(RDBStorage._get_stale_trial_ids)
+_get_stale_trial_ids = _retrying(HeartbeatRDBStorage._get_stale_trial_ids)
 _create_new_trial = _retrying(RDBStorage._create_new_trial)
 _get_trial = _retrying(RDBStorage.get_trial)
 _set_trial_state_values = _retrying(RDBStorage.set_trial_state_values)
@@ -446,7 +480,7 @@ def open_storage(
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: say it once, in docs
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if url.startswith("sqlite"):
-            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+            return HeartbeatRDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
         return _server_storage(url, retry_s, beat)
 
 

@@ -77,8 +77,8 @@ def test_every_member_matches_its_run_alone_metrics_parameters_and_checkpoint(
 
         # The checkpoint is train()'s: same keys, identity and optimizer state layout and values.
         for name in ("last.pt", "best.pt"):
-            ours = torch.load(tmp_path / f"packed{i}" / name, weights_only=False)
-            theirs = torch.load(tmp_path / f"alone{i}" / name, weights_only=False)
+            ours = torch.load(tmp_path / f"packed{i}" / name, weights_only=True)
+            theirs = torch.load(tmp_path / f"alone{i}" / name, weights_only=True)
             assert ours.keys() == theirs.keys()
             assert ours["identity"] == theirs["identity"]
             assert ours["step"] == theirs["step"]

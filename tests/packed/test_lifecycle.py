@@ -16,8 +16,9 @@ import torch
 from irnn_search.models import MODELS, build_model
 from irnn_search.packed import Member, PackedTrainer, PackError, families, packable, train_packed, why_not_packable
 from irnn_search.packed.families import PackedModel
-from irnn_search.train import train
+from irnn_search.train import CheckpointError, train
 from tests.packed._trials import Spec, assert_same_history, assert_same_params
+from tests.test_train import plant_payload
 
 STEADY = Spec("irnn", {"identity_scale": 0.5}, {"optimizer": "adam", "lr": 2e-3})
 OTHER = Spec("irnn", {}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "clip": None}, seed=2)
@@ -171,6 +172,18 @@ def test_a_foreign_checkpoint_fails_only_its_member(tmp_path: Path) -> None:
     res = _by_member(train_packed([intruder, fine]))
     assert "different run" in str(res[id(intruder)].error)  # type: ignore[attr-defined]
     assert res[id(fine)].result.outcome == "completed"  # type: ignore[attr-defined]
+
+
+def test_a_checkpoint_that_would_run_code_fails_only_its_member_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    plant_payload(tmp_path / "planted" / "last.pt", marker)
+    intruder = STEADY.member(checkpoint_dir=tmp_path / "planted")
+    fine = OTHER.member(checkpoint_dir=tmp_path / "fine")
+    res = _by_member(train_packed([intruder, fine]))
+    assert isinstance(res[id(intruder)].error, CheckpointError)  # type: ignore[attr-defined]
+    assert "refused" in str(res[id(intruder)].error) and not marker.exists()  # type: ignore[attr-defined]
+    assert res[id(fine)].result.outcome == "completed"  # type: ignore[attr-defined]
+    assert torch.load(tmp_path / "fine" / "last.pt", weights_only=True)["step"] == 24  # the packed loop's own
 
 
 def test_every_family_packs_and_what_cannot_is_named_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -376,6 +376,34 @@ def test_from_dict_refuses_other_formats(tmp_path):
         StudySpec.from_dict(data)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "../../../escaped"}, "invalid study or model name: '../../../escaped'"),
+        ({"name": "tiny\n"}, "invalid study or model name"),
+        ({"task": "os.system"}, "unknown task 'os.system'"),
+        ({"seeds": ["0; rm"]}, "seeds that are not integers"),
+    ],
+)
+def test_from_dict_checks_again_what_names_files_or_code(tmp_path, change, message):
+    data = load_spec(write(tmp_path, BASE, "f.toml")).to_dict()
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        StudySpec.from_dict({**data, **change})
+    renamed = {**data, "models": {"../up": data["models"]["irnn"]}}
+    with pytest.raises(SpecError, match=r"invalid study or model name: '\.\./up'"):
+        StudySpec.from_dict(renamed)
+    planted = {**data, "models": {"irnn": {**data["models"]["irnn"], "family": "evil"}}}
+    with pytest.raises(SpecError, match="unknown model family 'evil'"):
+        StudySpec.from_dict(planted)
+
+
+@pytest.mark.parametrize("name", ["tiny\n", ".hidden", "a/b", "..", ""])
+def test_a_study_name_is_one_plain_path_component(tmp_path, name):
+    text = BASE.replace("[study]\n", f"[study]\nname = {json.dumps(name)}\n")
+    with pytest.raises(SpecError, match="invalid study name"):
+        load_spec(write(tmp_path, text, "n.toml"))
+
+
 def test_parse_spec_without_a_file_names_the_source():
     with pytest.raises(SpecError) as info:
         parse_spec(BASE.replace("steps = 100", "steps = 0"), source="<db launch 7>", default_name="x")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,8 +17,7 @@ from irnn_search.servers import free_port
 from tests.service.test_search import _spec
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("optuna-dashboard") is None and not (Path(sys.executable).parent / "optuna-dashboard").exists(),
-    reason="optuna-dashboard is not installed",
+    importlib.util.find_spec("optuna_dashboard") is None, reason="optuna-dashboard is not installed"
 )
 
 
@@ -62,6 +61,9 @@ def test_dashboard_serves_the_launched_studies_on_loopback(tmp_path: Path) -> No
         assert studies is not None, f"the dashboard did not answer (exit {proc.poll()})"
         names = {s["study_name"] for s in studies["study_summaries"]}
         assert "board.irnn" in names, names
+        # the server is this very process, and the storage URL is not on its command line
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert not any(b"sqlite:" in word or b"optuna.db" in word for word in argv), argv
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
@@ -71,7 +73,10 @@ def test_dashboard_serves_the_launched_studies_on_loopback(tmp_path: Path) -> No
 
 def test_dashboard_without_optuna_dashboard_says_how_to_install_it(tmp_path: Path) -> None:
     env = _env(tmp_path / "home")
-    env["PATH"] = str(tmp_path / "empty")  # no optuna-dashboard on the PATH
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "optuna_dashboard.py").write_text("raise ImportError('No module named optuna_dashboard')\n")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shadow), env.get("PYTHONPATH")) if p)
     out = subprocess.run(
         [sys.executable, "-m", "irnn_search", "dashboard"], env=env, capture_output=True, text=True, timeout=60
     )

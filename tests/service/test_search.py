@@ -145,7 +145,7 @@ def test_an_interrupted_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_pa
     ckpt = Path(first.user_attrs["checkpoint_dir"]) / "seed-0" / "last.pt"
     import torch
 
-    stopped_at = torch.load(ckpt, weights_only=False)["step"]
+    stopped_at = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < stopped_at < 3000
     assert usage(studies["irnn"]).finished == 0  # an interrupted attempt does not use the budget
     work(load_studies(storage), checkpoint_root=tmp_path / "ckpt", stop=threading.Event())
@@ -155,6 +155,86 @@ def test_an_interrupted_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_pa
     assert retry.params == first.params and retry.user_attrs["lineage"] == first.number
     assert min(retry.intermediate_values) > stopped_at - 10  # it continued, it did not restart
     assert requeue_interrupted(studies["irnn"]) == 0
+
+
+def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_attempts(
+    tmp_path: Path, storage: str
+) -> None:
+    import dataclasses
+
+    from irnn_search.service.search import Janitor, budget_left
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=1)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    janitor = Janitor(max_lost=3)
+
+    def attempt(outcome: str | None) -> optuna.Trial:
+        trial = study.ask()  # the re-queued copy comes first
+        trial.suggest_float("identity_scale", 0.1, 1.0)
+        if outcome is not None:
+            trial.set_user_attr("outcome", outcome)
+        frozen = study.tell(trial, state=TrialState.FAIL)
+        if outcome is None:
+            janitor.on_stale(study, frozen)  # its worker died: a janitor failed it
+        else:
+            requeue_interrupted(study, min_age_s=0)  # SIGTERM: released, does not count
+        return trial
+
+    first = attempt(None)
+    attempt("interrupted")
+    attempt(None)
+    assert [t.state for t in study.trials].count(TrialState.WAITING) == 1
+    attempt(None)  # the third lost attempt
+    trials = study.trials
+    assert TrialState.WAITING not in [t.state for t in trials]
+    last = trials[-1]
+    assert last.state == TrialState.FAIL and last.user_attrs["outcome"] == "failed"
+    assert last.user_attrs["lineage"] == first.number and last.user_attrs["lost_attempts"] == 3
+    assert last.params == first.params
+    assert last.user_attrs["reason"].startswith("gave up: the worker running this trial died on 3 attempts")
+    u = usage(study)
+    assert u.failed == 1 and not budget_left(study, spec.model("irnn"), u)  # it counts against the budget
+    assert requeue_interrupted(study, min_age_s=0) == 0  # and nothing re-queues it again
+    report = render(rows_for(spec, storage), "md")
+    assert f"- irnn trial {last.number}: gave up: the worker running this trial died on 3 attempts" in report
+
+
+@pytest.mark.parametrize("spec_name", ["tiny", "../../../escaped"])
+def test_a_study_planted_under_a_path_escaping_name_is_refused_and_writes_nothing_outside_home(
+    tmp_path: Path, storage: str, spec_name: str
+) -> None:
+    import dataclasses
+
+    home = tmp_path / "home" / "a" / "b"
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=1, steps=20)), warm_start=False)
+    genuine = open_studies(spec, storage)["irnn"]
+    planted = optuna.create_study(study_name="../../../escaped", storage=storage)
+    data = {**genuine.user_attrs["spec"], "name": spec_name}
+    for key, value in {**genuine.user_attrs, "spec": data}.items():
+        planted.set_user_attr(key, value)
+    planted.enqueue_trial({"identity_scale": 0.5})
+    with pytest.raises(SearchError, match=r"study '\.\./\.\./\.\./escaped' on this storage is refused"):
+        load_studies(storage, ["../../../escaped"])
+    studies = load_studies(storage)
+    assert list(studies) == ["tiny.irnn"]
+    work(studies, checkpoint_root=home / "checkpoints", stop=threading.Event())
+    assert not (tmp_path / "home" / "escaped").exists() and not (home / "escaped").exists()
+    assert planted.trials[0].state == TrialState.WAITING  # never run
+
+
+def test_a_checkpoint_folder_from_names_read_back_from_storage_stays_inside_its_root(
+    tmp_path: Path, storage: str
+) -> None:
+    from irnn_search.service.attempt import UnsafePath, checkpoint_dir
+
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    assert checkpoint_dir(tmp_path, "tiny.irnn", trial, 0) == tmp_path / "tiny.irnn" / "trial-0" / "seed-0"
+    with pytest.raises(UnsafePath):
+        checkpoint_dir(tmp_path, "../../../escaped", trial, 0)
+    trial.set_user_attr("lineage", "0/../../../../x")
+    with pytest.raises(UnsafePath):
+        checkpoint_dir(tmp_path, "tiny.irnn", trial, 0)
 
 
 def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(

@@ -106,6 +106,10 @@ def test_heartbeat_settings_are_validated() -> None:
         Settings.from_env({"IRNN_SEARCH_HEARTBEAT_S": "10", "IRNN_SEARCH_GRACE_S": "5"})
     with pytest.raises(ValueError, match="HEARTBEAT_S must be an integer"):
         Settings.from_env({"IRNN_SEARCH_HEARTBEAT_S": "soon"})
+    assert Settings.from_env({}).max_lost_attempts == 3
+    assert Settings.from_env({"IRNN_SEARCH_MAX_LOST_ATTEMPTS": "5"}).max_lost_attempts == 5
+    with pytest.raises(ValueError, match="MAX_LOST_ATTEMPTS must be an integer >= 1"):
+        Settings.from_env({"IRNN_SEARCH_MAX_LOST_ATTEMPTS": "0"})
 
 
 def _running_trial(storage: ResilientRDBStorage, name: str) -> tuple[optuna.Study, int]:
@@ -151,6 +155,31 @@ def test_no_trial_is_declared_stale_right_after_an_outage_nor_one_this_process_b
     assert other._get_stale_trial_ids(study._study_id) == [], "nor within grace + heartbeat of its end"
     time.sleep(other._quiet_s() + 0.1)
     assert other._get_stale_trial_ids(study._study_id) == [tid]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_running_trial_that_never_beat_is_failed_and_requeued_after_the_grace_period(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A worker killed between ``ask`` and its trial's first heartbeat leaves no heartbeat row."""
+    from irnn_search.service.search import Janitor
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
+    janitor = Janitor(grace_s=2)
+    storage = open_storage(url, heartbeat_s=1, grace_s=2, on_stale=janitor.on_stale)
+    study = optuna.create_study(study_name="never-beat", storage=storage)
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # its worker dies here
+    janitor.sweep([study])
+    assert study.get_trials()[0].state == TrialState.RUNNING, "not before the grace period"
+    time.sleep(2.3)
+    young = study.ask()  # started just now: its worker may be about to beat
+    janitor.sweep([study])
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[orphan.number].state == TrialState.FAIL and trials[young.number].state == TrialState.RUNNING
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == orphan.number]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["fixed_params"] == orphan.params
+    assert janitor.lost == [("never-beat", orphan.number)]
 
 
 def test_a_trial_failed_by_another_workers_janitor_does_not_stop_the_worker(tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""An attempt resumes only a checkpoint its lineage wrote (by SHA-256), whatever the stores hold."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from irnn_search.search.spec import load_spec
+from irnn_search.service.attempt import LAST_SHA256, Attempt
+from irnn_search.service.search import load_studies, open_studies, work
+from tests.service.test_search import _spec
+from tests.test_train import plant_payload
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class FakeStore:
+    """The artifact store's side of ``Tracker`` that ``Attempt.prepare`` uses: one ``last.pt``."""
+
+    retry_interval_s = 60.0
+
+    def __init__(self, source: Path | None) -> None:
+        self.source = source
+        self.fetched = 0
+
+    def fetch_checkpoint(self, run_id: str, artifact_dir: str, dest: str | Path) -> str | None:
+        self.fetched += 1
+        if self.source is None:
+            return None
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.source, Path(dest) / "last.pt")
+        return run_id
+
+
+def _checkpoints(tmp_path: Path, steps: tuple[int, ...]) -> list[Path]:
+    """Real ``last.pt`` files of one tiny run, stopped after each number of steps."""
+    from irnn_search.train import train
+    from tests.test_train import _run
+
+    out = []
+    for n in steps:
+        model, task, config = _run(steps=n)
+        train(model, task, config, checkpoint_dir=tmp_path / "run")
+        out.append(tmp_path / f"last-{n}.pt")
+        shutil.copyfile(tmp_path / "run" / "last.pt", out[-1])
+    return out
+
+
+def _attempt(tmp_path: Path, store: FakeStore, written: list[str]) -> tuple[Attempt, Path]:
+    spec = dataclasses.replace(load_spec(_spec(tmp_path)), warm_start=False)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="tiny.irnn")
+    study.enqueue_trial({}, user_attrs={"lineage": 0, "mlflow_run_id": "run-0", f"{LAST_SHA256}0": written})
+    attempt = Attempt(study.ask(), spec, "irnn", device="cpu", checkpoint_root=tmp_path / "c", tracker=store)  # type: ignore[arg-type]
+    attempt.begin()
+    return attempt, tmp_path / "c" / "tiny.irnn" / "trial-0" / "seed-0"
+
+
+def test_a_planted_checkpoint_in_the_artifact_store_is_set_aside_unloaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    planted, marker = tmp_path / "planted.pt", tmp_path / "ran"
+    plant_payload(planted, marker)
+    attempt, ckpt = _attempt(tmp_path, FakeStore(planted), ["0" * 64])
+    with caplog.at_level(logging.WARNING):
+        attempt.prepare(0, 0)
+    assert not (ckpt / "last.pt").exists() and (ckpt / "last.pt.rejected").read_bytes() == planted.read_bytes()
+    assert not marker.exists()
+    assert "not one this trial wrote" in caplog.text and "restarts from step 0" in caplog.text
+
+
+def test_a_stale_local_checkpoint_gives_way_to_the_newer_one_in_the_artifact_store(tmp_path: Path) -> None:
+    old, new = _checkpoints(tmp_path, (10, 20))
+    attempt, ckpt = _attempt(tmp_path, FakeStore(new), [_sha(new), _sha(old)])
+    ckpt.mkdir(parents=True)
+    shutil.copyfile(old, ckpt / "last.pt")
+    attempt.prepare(0, 0)
+    assert torch.load(ckpt / "last.pt", weights_only=True)["step"] == 20
+
+
+def test_the_newest_local_checkpoint_is_resumed_without_asking_the_artifact_store(tmp_path: Path) -> None:
+    (new,) = _checkpoints(tmp_path, (10,))
+    store = FakeStore(None)
+    attempt, ckpt = _attempt(tmp_path, store, [_sha(new)])
+    ckpt.mkdir(parents=True)
+    shutil.copyfile(new, ckpt / "last.pt")
+    attempt.prepare(0, 0)
+    assert (ckpt / "last.pt").read_bytes() == new.read_bytes() and store.fetched == 0
+
+
+def test_an_earlier_checkpoint_the_trial_wrote_is_resumed_when_the_newest_is_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old, new = _checkpoints(tmp_path, (10, 20))
+    attempt, ckpt = _attempt(tmp_path, FakeStore(old), [_sha(new), _sha(old)])
+    with caplog.at_level(logging.WARNING):
+        attempt.prepare(0, 0)
+    assert torch.load(ckpt / "last.pt", weights_only=True)["step"] == 10
+    assert "resumes from an earlier checkpoint (1 before the newest" in caplog.text
+
+
+def test_a_corrupt_local_checkpoint_restarts_the_trial_and_the_lineage_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, steps=3000, trials=1, lr="1e-3", clip="1")), warm_start=False)
+    studies = open_studies(spec, storage)
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    work({s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "ckpt", stop=stop)
+    first = studies["irnn"].trials[0]
+    last = Path(first.user_attrs["checkpoint_dir"]) / "seed-0" / "last.pt"
+    assert first.user_attrs["outcome"] == "interrupted" and first.user_attrs[f"{LAST_SHA256}0"][0] == _sha(last)
+    last.write_bytes(last.read_bytes()[:200])  # torn (a full disk, a bad copy)
+    with caplog.at_level(logging.WARNING):
+        work(load_studies(storage), checkpoint_root=tmp_path / "ckpt", stop=threading.Event())
+    retry = studies["irnn"].trials[-1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == first.number
+    assert min(retry.intermediate_values) == 10  # started again from step 0
+    assert "restarts from step 0" in caplog.text

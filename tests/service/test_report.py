@@ -1,0 +1,50 @@
+"""The report's test-split evaluation loads only the best checkpoint its trial wrote, as tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+from irnn_search.search.spec import load_spec
+from irnn_search.service import attempt
+from irnn_search.service.report import evaluate_best
+from irnn_search.service.search import open_studies, work
+from tests.service.test_search import _spec
+from tests.test_train import plant_payload
+
+
+@pytest.fixture
+def study_and_best(tmp_path: Path):  # type: ignore[no-untyped-def]
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, steps=20, trials=1)), warm_start=False)
+    study = open_studies(spec, f"sqlite:///{tmp_path / 'optuna.db'}")["irnn"]
+    work({study.study_name: study}, checkpoint_root=tmp_path / "ckpt", stop=threading.Event())
+    (best,) = study.trials
+    return study, Path(best.user_attrs["checkpoint_dir"]) / "seed-0" / "best.pt"
+
+
+def test_the_best_checkpoint_written_is_evaluated_on_the_test_split(study_and_best) -> None:  # type: ignore[no-untyped-def]
+    study, _ = study_and_best
+    result = evaluate_best(study)
+    assert result is not None and result["step"] in (10, 20) and "mse" in result["metrics"]
+
+
+@pytest.mark.parametrize("digest_recorded", [True, False])
+def test_a_planted_best_checkpoint_is_not_evaluated_and_never_runs(
+    study_and_best,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    digest_recorded: bool,
+) -> None:
+    study, best = study_and_best
+    if not digest_recorded:  # a trial of an older version: the loader alone must refuse it
+        monkeypatch.setattr(attempt, "BEST_SHA256", "no_such_attr_seed")
+    plant_payload(best, tmp_path / "ran")
+    with caplog.at_level(logging.WARNING):
+        assert evaluate_best(study) is None
+    assert not (tmp_path / "ran").exists()
+    assert ("SHA-256 differs" if digest_recorded else "was refused") in caplog.text

@@ -130,7 +130,7 @@ class Answer:
     threshold: float | None
     threshold_rule: str | None
     lineages: int  # configurations tried (a re-queued attempt is not a new one)
-    started: int  # of which reported at least once
+    started: int  # of which ran (finished, or running and reported)
     solved: bool | None  # None where the task has no threshold
     solved_count: int
     solved_fraction: float | None  # solved / started
@@ -158,7 +158,9 @@ def answer(study: optuna.Study, spec: StudySpec, lines: TaskLines | None = None)
     lines = lines or task_lines(spec)
     direction = spec.direction
     lins = lineages(study.get_trials(deepcopy=False))
-    started = [lin for lin in lins if lin.curve or lin.final is not None]
+    # Every configuration that ran counts, a trial that diverged before its first report included;
+    # one still running counts once it has reported.
+    started = [lin for lin in lins if lin.curve or lin.final is not None or lin.ended not in ("waiting", "running")]
     best: Lineage | None = None
     best_v: float | None = None
     best_s: int | None = None

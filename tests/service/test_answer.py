@@ -65,17 +65,19 @@ def test_a_pruned_or_diverged_trial_that_crossed_the_threshold_counts_as_solved(
         # crossed at 200, then diverged
         _trial(TrialState.PRUNED, {100: 0.1, 200: 0.004}, 1e-2, outcome="diverged", reason="diverged: x"),
         _trial(TrialState.PRUNED, {100: 0.17}, 1e-1, outcome="pruned"),
+        # diverged before its first report: it ran, and it did not solve
+        _trial(TrialState.PRUNED, {}, 9e-2, outcome="diverged", reason="diverged: loss is nan at step 2"),
     )
     a = answer(study, SPEC)
     assert (a.baseline, a.threshold) == (pytest.approx(1 / 6), 0.01)
-    assert a.solved is True and a.solved_count == 2 and a.started == 4
-    assert a.solved_fraction == pytest.approx(0.5)
+    assert a.solved is True and a.solved_count == 2 and a.started == 5
+    assert a.solved_fraction == pytest.approx(0.4)
     assert (a.best_value, a.best_step, a.best_trial, a.best_ended) == (0.004, 200, 2, "diverged")
     assert a.steps_to_solve == 200 and a.fastest_solve == 200
-    assert a.endings == {"complete": 1, "pruned": 2, "diverged": 1}
+    assert a.endings == {"complete": 1, "pruned": 2, "diverged": 2}
     assert a.below_baseline == pytest.approx((1 / 6) / 0.004)
     metrics = summary_metrics(a, 0.5)
-    assert metrics["solved"] == 1.0 and metrics["trials"] == 4 and metrics["steps_to_solve"] == 200
+    assert metrics["solved"] == 1.0 and metrics["trials"] == 5 and metrics["steps_to_solve"] == 200
 
 
 def test_an_interrupted_and_requeued_trial_is_one_lineage_and_shows_what_it_reached() -> None:

@@ -134,7 +134,7 @@ def _r(
     spread: float | None = None,
     note: str = "",
 ) -> PublishedResult:
-    units = PERCENT if metric == "accuracy" else BPC
+    units = {"accuracy": PERCENT, "mse": "MSE"}.get(metric, BPC)
     return PublishedResult(task, model, hidden, metric, value, units, protocol, source, size, spread, note)
 
 
@@ -875,6 +875,14 @@ def _unattached_results() -> list[PublishedResult]:
     for hidden, size, acc in ((1386, 150, 68.07), (1386, 300, 67.58), (1024, 150, 67.51), (1024, 300, 66.89)):
         out.append(_r("ptb", "exprnn", hidden, "accuracy", acc, SUP_PTB, sup, size=size))
     out.append(_r("ptb", "nnrnn", 1024, "accuracy", 68.52, SUP_PTB, sup, size=300))
+    # The IRNN paper's adding numbers were not retrieved; a checked rerun (REFERENCE.md §4.1).
+    wrnn = "REFERENCE.md §4.1; Keller et al., ICLR 2024 (wRNN) Table 1, akandykeller/Wave_RNNs adding_sweep_rnn.yml"
+    for size, mse, solved_at in ((100, 1e-5, "14k"), (200, 4e-5, "22k"), (400, 1e-4, "30k")):
+        protocol = (
+            f"test MSE after a grid over lr {{1e-2, 1e-3, 1e-4}} x clip {{0, 1, 10, 100, 1000}}, batch 128, "
+            f"60k iterations; 'solved' (MSE <= 0.05) at {solved_at} iterations"
+        )
+        out.append(_r("adding", "irnn", 100, "mse", mse, protocol, wrnn, size=size))
     return out
 
 

@@ -429,6 +429,7 @@ def launch_cmd(
     import time
 
     from irnn_search.search.spec import SpecError
+    from irnn_search.service.answer import lineages
     from irnn_search.service.search import (
         SearchError,
         close_tracking,
@@ -453,8 +454,15 @@ def launch_cmd(
     except Exception as exc:
         raise _fail(f"cannot record the launch in the experiment database: {exc}") from None
     err = _console(stderr=True)
-    published = sum(1 for s in studies.values() for t in s.trials if t.user_attrs.get("source") == "published")
-    err.print(f"studies of [bold]{spec.name}[/]: {', '.join(studies)} ({published} published-settings trials queued)")
+    # A re-queued attempt is the same setting again: count lineages, not trials.
+    published = [
+        lin for s in studies.values() for lin in lineages(s.get_trials(deepcopy=False)) if lin.source == "published"
+    ]
+    waiting = sum(lin.ended == "waiting" for lin in published)
+    err.print(
+        f"studies of [bold]{spec.name}[/]: {', '.join(studies)} "
+        f"({len(published)} published settings, {waiting} still to run)"
+    )
     if not run:
         err.print("registered; start workers with `irnn-search worker`")
         return

@@ -393,5 +393,7 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
     elif spec is not None and spec.task in SMOKE_TASKS:
         lines.append("- none: a smoke task never borrows published numbers")
     else:
-        lines.append(f"- none retrieved for these models on `{spec.task if spec else 'this task'}` (REFERENCE.md §4)")
+        task = spec.task if spec else "this task"
+        lines.append(f"- none on `{task}` for these models: the papers give plots only, or no number was retrieved "
+                     "(REFERENCE.md §4)")  # fmt: skip
     return "\n".join(lines) + "\n"

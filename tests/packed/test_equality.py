@@ -24,7 +24,7 @@ SPECS = [
     Spec("lstm", {"forget_bias": 0.0, "init": "glorot"}, {"optimizer": "rmsprop", "lr": 1e-3, "clip": None}),
     Spec("exprnn", {"init": "henaff"}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
     Spec("exprnn", {"init": "cayley"}, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 5e-4, "clip": None}),
-    Spec("cayley", {}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.5}),
+    Spec("cayley", {}, {"optimizer": "sgd", "lr": 3e-3, "momentum": 0.5}),
     Spec("rnn-orth", {}, {"optimizer": "adam", "lr": 1e-3}),
     Spec("rnn-orth", {"nonlinearity": "modrelu"}, {"optimizer": "rmsprop", "lr": 1e-3, "clip": None}),
     Spec("scornn", {"rho_den": 3}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
@@ -52,6 +52,9 @@ SPECS_FLOAT64 = [
     Spec("nnrnn", {"delta": 0.0, "t_decay": 0.0}, {"optimizer": "adam", "lr": 2e-3}, seed=1),
     Spec("asrnn", {}, {"optimizer": "rmsprop", "lr": 1e-3, "lr_orth": 1e-4}),
     Spec("asrnn", {"orth": "cayley", "eps": 0.1}, {"optimizer": "adam", "lr": 2e-3, "lr_orth": 5e-4}, seed=1),
+    # Cayley with SGD lr 1e-2: packed and alone differ by 5.7e-4 in float32 on an Intel Xeon (its
+    # batched solve rounds differently), 3e-16 in float64 (2026-12-07).
+    Spec("cayley", {}, {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.5}),
 ]
 
 

@@ -157,6 +157,7 @@ def test_an_interrupted_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_pa
     assert requeue_interrupted(studies["irnn"]) == 0
 
 
+@pytest.mark.slow
 def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

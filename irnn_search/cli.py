@@ -889,11 +889,15 @@ def db_current() -> None:
 def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable listing")] = False) -> None:
     """List the benchmark tasks and their options."""
     from irnn_search.options import describe_options
-    from irnn_search.tasks import TASK_NAMES, task_class
+    from irnn_search.tasks import TaskError, task_class, task_names
 
     rows = []
-    for name in TASK_NAMES:
-        cls = task_class(name)
+    for name in task_names():
+        try:
+            cls = task_class(name)
+        except TaskError as exc:  # a broken plugin: say so, and list the others
+            _console(stderr=True).print(f"[red]{exc}[/]")
+            continue
         rows.append(
             {
                 "name": name,
@@ -912,19 +916,25 @@ def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-read
 @app.command("models")
 def models_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable listing")] = False) -> None:
     """List the model families and their options."""
-    from irnn_search.models import MODELS
+    from irnn_search.models import ModelError, model_class, model_names
     from irnn_search.options import describe_options
 
-    rows = [
-        {
-            "name": name,
-            "description": cls.description,
-            "options": [
-                {"name": n, "type": t, "default": d, "help": h} for n, t, d, h in describe_options(cls.config_cls)
-            ],
-        }
-        for name, cls in MODELS.items()
-    ]
+    rows = []
+    for name in model_names():
+        try:
+            cls = model_class(name)
+        except ModelError as exc:  # a broken plugin: say so, and list the others
+            _console(stderr=True).print(f"[red]{exc}[/]")
+            continue
+        rows.append(
+            {
+                "name": name,
+                "description": cls.description,
+                "options": [
+                    {"name": n, "type": t, "default": d, "help": h} for n, t, d, h in describe_options(cls.config_cls)
+                ],
+            }
+        )
     _print_listing(rows, as_json, extra=())
 
 

@@ -1,10 +1,15 @@
-"""Recurrent model families (torch only). ``MODELS`` maps a family name to its class."""
+"""Recurrent model families (torch only): built-in ones by name, plus those other packages register.
+
+``MODELS`` maps a built-in family name to its class; ``model_names()`` adds the families installed
+packages declare under the ``irnn_search.models`` entry point group (see ``irnn_search.plugins``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from irnn_search import plugins
 from irnn_search.models.asrnn import ASRNN
 from irnn_search.models.base import ModelConfig, ModelError, ParamGroup, RecurrentModel, State
 from irnn_search.models.eurnn import EURNN
@@ -32,11 +37,35 @@ MODELS: dict[str, type[RecurrentModel]] = {
 }
 
 
+def model_names() -> tuple[str, ...]:
+    """Every family name: the built-in ones, then those of installed plugins."""
+    return (*MODELS, *plugins.plugins(plugins.MODELS_GROUP, MODELS))
+
+
 def model_class(name: str) -> type[RecurrentModel]:
-    try:
+    """The class registered under ``name``; an unknown name lists the valid ones.
+
+    A plugin's class is imported here; one that fails to import, is not a ``RecurrentModel``, or
+    whose ``family`` differs from its entry point's name raises ``ModelError`` naming the
+    distribution.
+    """
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise ModelError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
+    ep = plugins.plugins(plugins.MODELS_GROUP, MODELS).get(name)
+    if ep is None:
+        raise ModelError(f"unknown model {name!r}; valid models: {', '.join(model_names())}")
+    where = f"model {name!r} ({ep.value}, from {plugins.origin(ep)})"
+    try:
+        loaded = ep.load()
+    except Exception as exc:  # any import-time error of someone else's package
+        raise ModelError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(loaded, type) and issubclass(loaded, RecurrentModel)):
+        raise ModelError(f"{where} is not a subclass of irnn_search.models.RecurrentModel")
+    if getattr(loaded, "family", None) != name:
+        raise ModelError(
+            f"{where} has family = {getattr(loaded, 'family', None)!r}: it must equal the entry point's name"
+        )
+    return loaded
 
 
 def build_model(
@@ -56,4 +85,14 @@ def build_model(
     return cls(config, input_size=input_size, output_size=output_size, vocab_size=vocab_size)
 
 
-__all__ = ["MODELS", "ModelConfig", "ModelError", "ParamGroup", "RecurrentModel", "State", "build_model", "model_class"]
+__all__ = [
+    "MODELS",
+    "ModelConfig",
+    "ModelError",
+    "ParamGroup",
+    "RecurrentModel",
+    "State",
+    "build_model",
+    "model_class",
+    "model_names",
+]

@@ -62,9 +62,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from irnn_search import bundled
-from irnn_search.models import MODELS, ModelError, build_model, model_class
+from irnn_search.models import ModelError, build_model, model_class, model_names
 from irnn_search.options import OptionError, build_config
-from irnn_search.tasks import TASK_NAMES, TaskError, task_class
+from irnn_search.tasks import TaskError, task_class, task_names
 from irnn_search.train import TrainConfig, TrainError
 
 SPEC_FORMAT = 1  # bump when to_dict's layout changes; from_dict refuses other formats
@@ -132,9 +132,10 @@ PRUNER_OPTIONS: dict[str, dict[str, Any]] = {
     "none": {},
 }
 
-#: The validation metrics each task reports (``train`` prefixes them with ``val_``). Tasks do not
-#: declare this list, so it is kept here; tests/search/test_spec.py checks it against the real
-#: ``summarize`` output. A task missing here may use ``loss`` and its primary metric.
+#: The validation metrics each built-in task reports (``train`` prefixes them with ``val_``);
+#: tests/search/test_spec.py checks it against the real ``summarize`` output. A task class that
+#: declares ``metrics`` (a plugin's) is taken at its word; any other task may use ``loss`` and its
+#: primary metric.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "adding": ("loss", "mse"),
     "copy": ("loss", "accuracy"),
@@ -480,7 +481,7 @@ def _thaw(value: Any) -> Any:
 def _ordered_params(family: str, params: Mapping[str, Param]) -> dict[str, Param]:
     """``TRAIN_PARAMS`` first, then the family's config fields in declaration order, then the rest."""
     order = list(TRAIN_PARAMS)
-    if family in MODELS:
+    if family in model_names():
         order += [f.name for f in dataclasses.fields(model_class(family).config_cls)]
     rank = {k: i for i, k in enumerate(order)}
     return {k: params[k] for k in sorted(params, key=lambda k: (rank.get(k, len(rank)), k))}
@@ -489,7 +490,18 @@ def _ordered_params(family: str, params: Mapping[str, Param]) -> dict[str, Param
 # -- task facts the spec needs --------------------------------------------------------------------
 def task_metrics(task: str) -> tuple[str, ...]:
     """Validation metric names ``task`` reports (without the ``val_`` prefix)."""
-    return TASK_METRICS.get(task) or ("loss", task_class(task).metric)
+    cls = task_class(task)
+    if cls.metrics is not None:
+        return tuple(cls.metrics)
+    return TASK_METRICS.get(task) or ("loss", cls.metric)
+
+
+def metric_direction(task: str, metric: str) -> Literal["minimize", "maximize"] | None:
+    """Which way ``metric`` (without ``val_``) of ``task`` is better; None when nothing says."""
+    if metric in METRIC_DIRECTIONS:
+        return METRIC_DIRECTIONS[metric]
+    cls = task_class(task)
+    return cls.direction if metric == cls.metric else None
 
 
 def objective_keys(task: str) -> tuple[str, ...]:
@@ -728,10 +740,10 @@ class _Resolver:
         description = self.string(st.get("description", ""), "study.description")
 
         if "task" not in st:
-            raise self.err("study.task", "missing", allowed=", ".join(TASK_NAMES))
+            raise self.err("study.task", "missing", allowed=", ".join(task_names()))
         task = st["task"]
-        if task not in TASK_NAMES:
-            raise self.err("study.task", "unknown task", task, allowed=", ".join(TASK_NAMES))
+        if task not in task_names():
+            raise self.err("study.task", "unknown task", task, allowed=", ".join(task_names()))
         task_options = self.task_options(task, st.get("task_options", {}))
 
         if "steps" not in st:
@@ -752,10 +764,14 @@ class _Resolver:
         default_budget = self.budget(st["budget"], "study.budget") if "budget" in st else {}
 
         if "models" not in data:
-            raise self.err("models", "missing: add one [models.<family>] table per model", allowed=", ".join(MODELS))
+            raise self.err(
+                "models", "missing: add one [models.<family>] table per model", allowed=", ".join(model_names())
+            )
         models_table = self.table(data["models"], "models")
         if not models_table:
-            raise self.err("models", "no models: add one [models.<family>] table per model", allowed=", ".join(MODELS))
+            raise self.err(
+                "models", "no models: add one [models.<family>] table per model", allowed=", ".join(model_names())
+            )
         models = {
             mname: self.model(mname, mtable, default_budget, steps=steps, report_every=report_every)
             for mname, mtable in models_table.items()
@@ -829,7 +845,7 @@ class _Resolver:
             raise self.err(
                 "study.objective", f"task {task!r} does not report it", objective, allowed=", ".join(allowed)
             )
-        natural = METRIC_DIRECTIONS.get(objective.removeprefix("val_"))
+        natural = metric_direction(task, objective.removeprefix("val_"))
         if raw_direction is None:
             if natural is None:
                 raise self.err(
@@ -947,13 +963,13 @@ class _Resolver:
             raise self.err(key, "invalid model name", name, allowed="letters, digits, '_', '.', '-'")
         table = self.table(raw, key)
         family = table.get("family", name)
-        if family not in MODELS:
+        if family not in model_names():
             where = f"{key}.family" if "family" in table else key
             raise self.err(
                 where,
                 "unknown model family" + ("" if "family" in table else '; or set family = "..."'),
                 family,
-                allowed=", ".join(MODELS),
+                allowed=", ".join(model_names()),
             )
         cfg_cls = model_class(family).config_cls
         hints = typing.get_type_hints(cfg_cls)
@@ -994,7 +1010,7 @@ class _Resolver:
                     allowed=f"remove it, or let optimizer include {opt!r}",
                 )
         if "lr_orth" in table and not has_constrained_params(family):
-            users = [f for f in MODELS if has_constrained_params(f)]
+            users = [f for f in model_names() if has_constrained_params(f)]
             raise self.err(
                 f"{key}.lr_orth",
                 f"family {family!r} has no orthogonal (constrained) parameters",

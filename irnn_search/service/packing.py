@@ -40,6 +40,7 @@ from irnn_search.packed import Member, PackedResult, packable, train_packed, why
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
 from irnn_search.service.storage import DEVICE_S
+from irnn_search.tasks import task_class
 from irnn_search.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -47,16 +48,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOKEN_TASKS = ("ptb", "ptb-smoke")
-
 
 def pack_refusal(spec: StudySpec, model_key: str) -> str | None:
     """Why a study's trials cannot be packed, from its spec alone (None: try to pack them)."""
     family = spec.model(model_key).family
     if not packable(family):
         return f"model family {family!r} has no packed implementation"
-    if spec.task in TOKEN_TASKS:
-        return f"task {spec.task!r} has token inputs and carries state between batches, which packs do not support"
+    if task_class(spec.task).carry_state:  # PTB (token inputs too), or a plugin task that does
+        return f"task {spec.task!r} carries state between batches, which packs do not support"
     return None
 
 

@@ -1,4 +1,8 @@
-"""Benchmark tasks (torch only). ``TASKS`` maps a task name to its class."""
+"""Benchmark tasks (torch only): built-in ones by name, plus those other packages register.
+
+``TASK_NAMES`` are the built-in tasks; ``task_names()`` adds the tasks installed packages declare
+under the ``irnn_search.tasks`` entry point group (see ``irnn_search.plugins``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from irnn_search import plugins
 from irnn_search.options import OptionError, build_config
 from irnn_search.tasks.base import Batch, Task, TaskConfig, TaskError, Threshold
 
@@ -23,13 +28,33 @@ _TASKS: dict[str, str] = {
 TASK_NAMES = tuple(_TASKS)
 
 
+def task_names() -> tuple[str, ...]:
+    """Every task name: the built-in ones, then those of installed plugins."""
+    return (*TASK_NAMES, *plugins.plugins(plugins.TASKS_GROUP, TASK_NAMES))
+
+
 def task_class(name: str) -> type[Task]:
-    """The class registered under ``name``; an unknown name lists the valid ones."""
-    try:
+    """The class registered under ``name``; an unknown name lists the valid ones.
+
+    A plugin's class is imported here; one that fails to import, is not a ``Task``, or whose
+    ``name`` differs from its entry point's raises ``TaskError`` naming the distribution.
+    """
+    if name in _TASKS:
         module, cls = _TASKS[name].split(":")
-    except KeyError:
-        raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)}") from None
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    ep = plugins.plugins(plugins.TASKS_GROUP, TASK_NAMES).get(name)
+    if ep is None:
+        raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    where = f"task {name!r} ({ep.value}, from {plugins.origin(ep)})"
+    try:
+        loaded = ep.load()
+    except Exception as exc:  # any import-time error of someone else's package
+        raise TaskError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(loaded, type) and issubclass(loaded, Task)):
+        raise TaskError(f"{where} is not a subclass of irnn_search.tasks.Task")
+    if getattr(loaded, "name", None) != name:
+        raise TaskError(f"{where} has name = {getattr(loaded, 'name', None)!r}: it must equal the entry point's name")
+    return loaded
 
 
 def build_task(
@@ -44,4 +69,14 @@ def build_task(
     return cls(config, seed=seed, batch_size=batch_size)
 
 
-__all__ = ["TASK_NAMES", "Batch", "Task", "TaskConfig", "TaskError", "Threshold", "build_task", "task_class"]
+__all__ = [
+    "TASK_NAMES",
+    "Batch",
+    "Task",
+    "TaskConfig",
+    "TaskError",
+    "Threshold",
+    "build_task",
+    "task_class",
+    "task_names",
+]

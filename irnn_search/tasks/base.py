@@ -97,6 +97,11 @@ class Task(abc.ABC):
     #: primary validation metric used for model selection, and its direction
     metric: ClassVar[str]
     direction: ClassVar[Direction]
+    #: the validation metrics ``summarize`` reports (without the ``val_`` prefix, ``loss`` included);
+    #: a spec may name each as its objective. None: ``irnn_search.search.spec.TASK_METRICS`` lists
+    #: them for the built-in tasks, else ``loss`` and ``metric``. Which way each is better: ``loss``
+    #: lower, ``metric`` by ``direction``, common names (accuracy, bpc, ...) by the spec's table.
+    metrics: ClassVar[tuple[str, ...] | None] = None
     #: batch size the literature uses for this task
     default_batch_size: ClassVar[int]
     #: "last": the loss only looks at the final step; "all": at every step

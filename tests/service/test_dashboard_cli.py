@@ -30,6 +30,7 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_launched_studies_on_loopback(tmp_path: Path) -> None:
     env = _env(tmp_path / "home")
     spec = _spec(tmp_path, "board")

@@ -93,6 +93,7 @@ def _values(study: optuna.Study) -> dict[tuple[object, ...], tuple[float, float]
     return out
 
 
+@pytest.mark.slow
 def test_a_packed_worker_gives_every_trial_the_value_it_gets_alone_and_records_the_pack(
     tmp_path: Path, stores: dict[str, str]
 ) -> None:
@@ -154,6 +155,7 @@ def test_a_packed_worker_gives_every_trial_the_value_it_gets_alone_and_records_t
         assert [m.step for m in client.get_metric_history(r[4], "val_mse")] == [10, 20, 30, 40]
 
 
+@pytest.mark.slow
 def test_a_stopped_pack_releases_its_trials_and_a_later_pack_resumes_them(
     tmp_path: Path, stores: dict[str, str]
 ) -> None:
@@ -189,6 +191,7 @@ def test_a_family_that_cannot_be_packed_runs_one_trial_at_a_time_with_a_log_line
     assert any("one trial at a time" in r.message and "nnrnn" in r.message for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_member_taken_over_by_another_janitor_leaves_the_pack_and_the_others_finish(
     tmp_path: Path, stores: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -237,6 +237,7 @@ def test_a_checkpoint_folder_from_names_read_back_from_storage_stays_inside_its_
         checkpoint_dir(tmp_path, "tiny.irnn", trial, 0)
 
 
+@pytest.mark.slow
 def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

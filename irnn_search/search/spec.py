@@ -390,10 +390,10 @@ class StudySpec:
             bad = [repr(n) for n in (data["name"], *data["models"]) if not valid_name(n)]
             if bad:
                 raise SpecError(f"stored spec has an invalid study or model name: {', '.join(bad)}")
-            if data["task"] not in TASK_NAMES:
+            if data["task"] not in task_names():
                 raise SpecError(f"stored spec names an unknown task {data['task']!r}")
             families = [m["family"] for m in data["models"].values()]
-            if unknown := [f for f in families if f not in MODELS]:
+            if unknown := [f for f in families if f not in model_names()]:
                 raise SpecError(f"stored spec names an unknown model family {unknown[0]!r}")
             if not all(type(s) is int for s in data["seeds"]):
                 raise SpecError(f"stored spec has seeds that are not integers: {data['seeds']!r}")

@@ -230,7 +230,7 @@ def summary_metrics(a: Answer, device_hours: float) -> dict[str, float]:
 
 
 def _num(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
+    return repr(v) if isinstance(v, float) else str(v)  # repr: the shortest string that round-trips
 
 
 def reproduce_command(spec: StudySpec, model_key: str, params: dict[str, Any], *, seed: int | None = None) -> str:

@@ -426,8 +426,6 @@ def launch_cmd(
     ] = 1,
 ) -> None:
     """Create or resume the studies of a spec (idempotent) and run them until their budgets are met."""
-    import time
-
     from irnn_search.search.spec import SpecError
     from irnn_search.service.search import (
         SearchError,
@@ -435,6 +433,7 @@ def launch_cmd(
         default_threads,
         open_studies,
         start_workers,
+        stop_workers,
     )
 
     settings = _settings()
@@ -458,6 +457,19 @@ def launch_cmd(
     if not run:
         err.print("registered; start workers with `irnn-search worker`")
         return
+    # SIGINT or SIGTERM sent to this process alone (`timeout`, a scheduler, `docker stop`) is
+    # passed on to the workers, which checkpoint and release their trials; a second one stops
+    # waiting for them. Handlers go in before the workers start, so no signal finds them unset.
+    import threading
+
+    stopping, abort = threading.Event(), threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        (abort if stopping.is_set() else stopping).set()
+        received.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     procs = start_workers(
         settings.storage_url,
         [s.study_name for s in studies.values()],
@@ -476,23 +488,29 @@ def launch_cmd(
 
     try:
         with Live(_progress_table(spec, studies, workers), console=err, refresh_per_second=2) as live:
-            while any(p.is_alive() for p in procs):
-                time.sleep(1.0)
+            while any(p.is_alive() for p in procs) and not stopping.wait(1.0):
                 live.update(_progress_table(spec, studies, workers))
             live.update(_progress_table(spec, studies, workers))
-    except KeyboardInterrupt:
-        err.print("[yellow]stopping: the running trials checkpoint; `irnn-search launch` resumes them[/]")
+        if stopping.is_set():
+            signum = received[0]
+            err.print(
+                f"[yellow]{signal.Signals(signum).name}: stopping the workers (up to {settings.stop_s} s); the "
+                "running trials checkpoint and `irnn-search launch` resumes them[/]",
+                highlight=False,
+            )
+            killed = stop_workers(procs, signum, settings.stop_s, abort)
+            if killed:
+                err.print(
+                    f"[yellow]killed {len(killed)} worker(s) that had not stopped; their trials are re-queued "
+                    f"once their heartbeat is {settings.grace_s} s old, by the next worker[/]",
+                    highlight=False,
+                )
+            raise typer.Exit(128 + signum)
         for p in procs:
-            if p.is_alive() and p.pid:
-                import os
-                import signal as _signal
-
-                os.kill(p.pid, _signal.SIGINT)
-        for p in procs:
-            p.join(timeout=120)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    for p in procs:
-        p.join()
+            p.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if tracker is not None:
         close_tracking(studies.values(), tracker)
     if report:

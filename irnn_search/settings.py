@@ -47,6 +47,10 @@ class Settings:
     #: attempts of one trial whose worker died before the trial is failed for good (a trial that
     #: kills its worker, e.g. out of memory, would otherwise crash-loop a pool for ever)
     max_lost_attempts: int = 3
+    #: seconds ``launch`` waits for its workers to checkpoint and exit after SIGINT/SIGTERM before
+    #: it kills them: under Kubernetes' default 30 s grace period (``docker stop`` waits 10 s: set
+    #: ``stop_grace_period`` to more than this)
+    stop_s: int = 25
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +89,7 @@ class Settings:
             grace_s=grace,
             db_retry_s=count("DB_RETRY_S", cls.db_retry_s, minimum=0) or 0,
             max_lost_attempts=count("MAX_LOST_ATTEMPTS", cls.max_lost_attempts) or cls.max_lost_attempts,
+            stop_s=count("STOP_S", cls.stop_s) or cls.stop_s,
         )
 
     def _sqlite(self, name: str) -> str:

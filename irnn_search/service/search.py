@@ -813,6 +813,7 @@ def worker_process(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    watch_parent(os.getppid(), stop)
     if mlflow_uri:
         worker_http_defaults()
     tracker = Tracker(mlflow_uri, mlflow_artifact_root) if mlflow_uri else None
@@ -842,6 +843,52 @@ def worker_process(
         janitor=janitor,
         pack=pack,
     )
+
+
+def watch_parent(parent: int, stop: threading.Event, interval_s: float = 1.0) -> threading.Thread:
+    """Set ``stop`` when this process's parent (the launcher) is gone: its workers then checkpoint
+    and release their trials rather than train on as orphans. A dead parent shows as a changed
+    ``os.getppid()`` (the orphan is re-parented to init or a subreaper)."""
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            if os.getppid() != parent:
+                log.warning("the launcher (pid %d) is gone: stopping after the current step", parent)
+                stop.set()
+
+    thread = threading.Thread(target=loop, name="irnn-search-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_workers(procs: list[Any], signum: int, timeout_s: float, abort: threading.Event | None = None) -> list[int]:
+    """Pass ``signum`` on to the live worker processes and wait up to ``timeout_s`` seconds (or
+    until ``abort`` is set) for them to checkpoint, release their trials and exit; kill the rest.
+
+    Returns the pids killed. Their trials stay RUNNING until a janitor (any worker's, within the
+    grace period) fails and re-queues them, so none is lost either way."""
+    import contextlib
+    import signal
+
+    for p in procs:
+        if p.is_alive() and p.pid:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(p.pid, signum)
+    deadline = time.monotonic() + timeout_s
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        if abort is not None and abort.is_set():
+            break
+        for p in procs:
+            p.join(timeout=0.2)
+    killed = []
+    for p in procs:
+        if p.is_alive() and p.pid:
+            log.warning("worker %s (pid %d) did not stop within %.0f s: killed", p.name, p.pid, timeout_s)
+            os.kill(p.pid, signal.SIGKILL)
+            killed.append(p.pid)
+    for p in procs:
+        p.join(timeout=10)
+    return killed
 
 
 def start_workers(

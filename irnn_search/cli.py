@@ -438,6 +438,14 @@ def launch_cmd(
 
     settings = _settings()
     spec = _load_spec(spec_name, studies_dir)
+    if run:
+        # The device and the data before any store is written: a machine that cannot run the
+        # trials must not create (and then fail) them. --no-run only registers the studies, for
+        # workers elsewhere, which check their own data when they start.
+        from irnn_search.service.preflight import data_problem, device_problem
+
+        if (why := device_problem(device) or data_problem(spec)) is not None:
+            raise _fail(f"{spec.name}: {why}")
     settings.ensure_home()
     tracker = _tracker(settings, track)
     ledger = _ledger(settings)
@@ -759,7 +767,16 @@ def worker_cmd(
         raise _fail(str(exc)) from None
     except Exception as exc:
         raise _storage_error(exc, settings.storage_url) from None
+    from irnn_search.service.preflight import unfit_studies
+    from irnn_search.service.search import stored_spec
+
+    unfit = unfit_studies({n: stored_spec(s) for n, s in studies.items()}, device)
+    if studies and len(unfit) == len(studies):  # nothing this worker can run: say why once
+        raise _fail(next(iter(unfit.values())))
     err = _console(stderr=True)
+    for name, why in unfit.items():
+        err.print(f"[yellow]{name}: this worker takes none of its trials: {why}[/]", highlight=False, soft_wrap=True)
+        del studies[name]
     what = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
     err.print(
         f"worker {socket.gethostname()}:{os.getpid()} on [bold]{device}[/] ({what}, {torch.get_num_threads()} "

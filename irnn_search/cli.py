@@ -304,6 +304,15 @@ def _exit_for(result: TrainResult) -> None:
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+def _ensure_home(settings: Any, *, checkpoints: bool = False) -> None:
+    from irnn_search.settings import SettingsError
+
+    try:
+        settings.ensure_home(checkpoints=checkpoints)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _settings() -> Any:
     from irnn_search.settings import Settings
 
@@ -446,7 +455,7 @@ def launch_cmd(
 
         if (why := device_problem(device) or data_problem(spec)) is not None:
             raise _fail(f"{spec.name}: {why}")
-    settings.ensure_home()
+    _ensure_home(settings, checkpoints=run)
     tracker = _tracker(settings, track)
     ledger = _ledger(settings)
     try:
@@ -746,7 +755,7 @@ def worker_cmd(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
     torch.set_num_threads(threads or settings.threads or default_threads(device, pack))
-    settings.ensure_home()  # the embedded stores' folder, as launch makes it (a worker may start first)
+    _ensure_home(settings, checkpoints=True)  # the embedded stores and checkpoints (a worker may start first)
     if track:
         worker_http_defaults()
     tracker = _tracker(settings, track)
@@ -883,7 +892,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
     from irnn_search.settings import mask_url
 
     settings = _settings()
-    settings.ensure_home()
+    _ensure_home(settings)
     _db_call("upgrade", upgrade, settings.db_url, revision)
     _console().print(f"{mask_url(settings.db_url)} at revision {_db_call('current', current, settings.db_url)}")
 

@@ -227,6 +227,8 @@ def train_cmd(
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
 
     try:
+        if (why := _train_memory_problem(task, task_options, model, model_options, batch_size, device)) is not None:
+            raise _fail(why)
         config = TrainConfig(
             steps=steps,
             optimizer=optimizer,
@@ -295,6 +297,46 @@ def train_cmd(
         if plot and result.history:
             _console().print(f"learning curve: {plot}")
     _exit_for(result)
+
+
+def _train_memory_problem(
+    task: str,
+    task_options: dict[str, Any],
+    model: str,
+    model_options: dict[str, Any],
+    batch_size: int | None,
+    device: str,
+) -> str | None:
+    """Why this run cannot fit the device, before anything is allocated (None when it can, or when
+    a bad name or option is left to ``prepare_run`` to explain)."""
+    from irnn_search.models import MODELS
+    from irnn_search.service.preflight import memory_problem
+    from irnn_search.tasks import build_task
+
+    if model not in MODELS:
+        return None
+    the_task = build_task(task, task_options, batch_size=batch_size)  # builds no data
+    try:
+        default = MODELS[model].config_cls.__dataclass_fields__["hidden_size"].default
+        hidden = int(model_options.get("hidden_size", default))  # type: ignore[arg-type]
+        sizes = the_task.input_size, the_task.output_size
+    except Exception:  # a malformed option (prepare_run says which) or a vocabulary that needs the data
+        return None
+    why = memory_problem(
+        model,
+        hidden=hidden,
+        seq_len=the_task.seq_len,
+        batch=the_task.batch_size,
+        input_size=sizes[0],
+        output_size=sizes[1],
+        device=device,
+        keys={
+            "T": "--T" if "T" in task_options else "the sequence length",
+            "batch": "--batch-size",
+            "hidden": "--hidden",
+        },
+    )
+    return None if why is None else f"this run cannot fit: {why}"
 
 
 def _exit_for(result: TrainResult) -> None:
@@ -454,6 +496,11 @@ def launch_cmd(
         from irnn_search.service.preflight import data_problem, device_problem
 
         if (why := device_problem(device) or data_problem(spec)) is not None:
+            raise _fail(f"{spec.name}: {why}")
+        from irnn_search.service.preflight import spec_memory_problem
+
+        # every worker of this launch runs its trials (a pack of them) on this one device at once
+        if (why := spec_memory_problem(spec, device, trials=workers * pack)) is not None:
             raise _fail(f"{spec.name}: {why}")
     _ensure_home(settings, checkpoints=run)
     tracker = _tracker(settings, track)

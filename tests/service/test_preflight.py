@@ -124,3 +124,43 @@ def test_a_worker_that_can_run_none_of_its_studies_says_why_once_and_exits_2(
     assert len(result.output.strip().splitlines()) == 1 and "t10k-images" in result.output, result.output
     study = optuna.load_study(study_name="nodata.irnn", storage=f"sqlite:///{home / 'optuna.db'}")
     assert all(t.state == TrialState.WAITING for t in study.trials)
+
+
+# -- sizes (issue 17, item 3) -------------------------------------------------------------------
+def test_train_with_a_sequence_that_cannot_fit_is_refused_up_front_in_one_line() -> None:
+    result = CliRunner().invoke(app, ["train", "--T", "10000000", "--steps", "2"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--T = 10,000,000" in lines[0] and "GB" in lines[0], result.output
+
+
+def test_launch_with_a_hidden_size_that_cannot_fit_names_the_key_and_creates_nothing(
+    tmp_path: Path, home: Path
+) -> None:
+    spec = tmp_path / "huge.toml"
+    text = (
+        SPEC.format(options="")
+        .replace('"digits-smoke"', '"adding"')
+        .replace("hidden_size = 4", "hidden_size = 1000000")
+    )
+    spec.write_text(text)
+    result = CliRunner().invoke(app, ["launch", str(spec), "--no-track"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "models.irnn.hidden_size = 1,000,000" in lines[0] and "GB" in lines[0], result.output
+    assert _no_study_created(home)
+
+
+def test_the_estimate_grows_with_each_size_and_the_built_in_specs_fit_4_gb(monkeypatch: pytest.MonkeyPatch) -> None:
+    from irnn_search.bundled import builtin_specs
+    from irnn_search.service import preflight
+
+    base = {"hidden": 100, "seq_len": 1000, "batch": 16, "input_size": 2, "output_size": 1}
+    act, rest = preflight.trial_bytes("irnn", **base)
+    assert act == 1000 * 16 * 100 * 4 * preflight.ACTIVATION_FLOATS["irnn"]
+    for key in ("hidden", "seq_len", "batch"):
+        assert sum(preflight.trial_bytes("irnn", **{**base, key: base[key] * 10})) > act + rest
+    assert preflight.trial_bytes("lstm", **base)[0] > act  # four gates and a cell
+    monkeypatch.setattr(preflight, "device_memory", lambda device: (4 * 10**9, "4 GB"))
+    for name, path in builtin_specs().items():
+        assert preflight.spec_memory_problem(load_spec(path), "cpu") is None, name

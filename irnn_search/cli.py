@@ -227,6 +227,8 @@ def train_cmd(
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
 
     try:
+        if (why := _train_memory_problem(task, task_options, model, model_options, batch_size, device)) is not None:
+            raise _fail(why)
         config = TrainConfig(
             steps=steps,
             optimizer=optimizer,
@@ -297,11 +299,60 @@ def train_cmd(
     _exit_for(result)
 
 
+def _train_memory_problem(
+    task: str,
+    task_options: dict[str, Any],
+    model: str,
+    model_options: dict[str, Any],
+    batch_size: int | None,
+    device: str,
+) -> str | None:
+    """Why this run cannot fit the device, before anything is allocated (None when it can, or when
+    a bad name or option is left to ``prepare_run`` to explain)."""
+    from irnn_search.models import MODELS
+    from irnn_search.service.preflight import memory_problem
+    from irnn_search.tasks import build_task
+
+    if model not in MODELS:
+        return None
+    the_task = build_task(task, task_options, batch_size=batch_size)  # builds no data
+    try:
+        default = MODELS[model].config_cls.__dataclass_fields__["hidden_size"].default
+        hidden = int(model_options.get("hidden_size", default))  # type: ignore[arg-type]
+        sizes = the_task.input_size, the_task.output_size
+    except Exception:  # a malformed option (prepare_run says which) or a vocabulary that needs the data
+        return None
+    why = memory_problem(
+        model,
+        hidden=hidden,
+        seq_len=the_task.seq_len,
+        batch=the_task.batch_size,
+        input_size=sizes[0],
+        output_size=sizes[1],
+        device=device,
+        keys={
+            "T": "--T" if "T" in task_options else "the sequence length",
+            "batch": "--batch-size",
+            "hidden": "--hidden",
+        },
+    )
+    return None if why is None else f"this run cannot fit: {why}"
+
+
 def _exit_for(result: TrainResult) -> None:
     if result.outcome == "diverged":
         raise typer.Exit(EXIT_DIVERGED)
     if result.outcome == "interrupted":
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _ensure_home(settings: Any, *, checkpoints: bool = False) -> None:
+    from irnn_search.settings import SettingsError
+
+    try:
+        settings.ensure_home(checkpoints=checkpoints)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _settings() -> Any:
@@ -426,8 +477,6 @@ def launch_cmd(
     ] = 1,
 ) -> None:
     """Create or resume the studies of a spec (idempotent) and run them until their budgets are met."""
-    import time
-
     from irnn_search.search.spec import SpecError
     from irnn_search.service.answer import lineages
     from irnn_search.service.search import (
@@ -436,11 +485,25 @@ def launch_cmd(
         default_threads,
         open_studies,
         start_workers,
+        stop_workers,
     )
 
     settings = _settings()
     spec = _load_spec(spec_name, studies_dir)
-    settings.ensure_home()
+    if run:
+        # The device and the data before any store is written: a machine that cannot run the
+        # trials must not create (and then fail) them. --no-run only registers the studies, for
+        # workers elsewhere, which check their own data when they start.
+        from irnn_search.service.preflight import data_problem, device_problem
+
+        if (why := device_problem(device) or data_problem(spec)) is not None:
+            raise _fail(f"{spec.name}: {why}")
+        from irnn_search.service.preflight import spec_memory_problem
+
+        # every worker of this launch runs its trials (a pack of them) on this one device at once
+        if (why := spec_memory_problem(spec, device, trials=workers * pack)) is not None:
+            raise _fail(f"{spec.name}: {why}")
+    _ensure_home(settings, checkpoints=run)
     tracker = _tracker(settings, track)
     ledger = _ledger(settings)
     try:
@@ -466,6 +529,19 @@ def launch_cmd(
     if not run:
         err.print("registered; start workers with `irnn-search worker`")
         return
+    # SIGINT or SIGTERM sent to this process alone (`timeout`, a scheduler, `docker stop`) is
+    # passed on to the workers, which checkpoint and release their trials; a second one stops
+    # waiting for them. Handlers go in before the workers start, so no signal finds them unset.
+    import threading
+
+    stopping, abort = threading.Event(), threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        (abort if stopping.is_set() else stopping).set()
+        received.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     procs = start_workers(
         settings.storage_url,
         [s.study_name for s in studies.values()],
@@ -484,23 +560,29 @@ def launch_cmd(
 
     try:
         with Live(_progress_table(spec, studies, workers), console=err, refresh_per_second=2) as live:
-            while any(p.is_alive() for p in procs):
-                time.sleep(1.0)
+            while any(p.is_alive() for p in procs) and not stopping.wait(1.0):
                 live.update(_progress_table(spec, studies, workers))
             live.update(_progress_table(spec, studies, workers))
-    except KeyboardInterrupt:
-        err.print("[yellow]stopping: the running trials checkpoint; `irnn-search launch` resumes them[/]")
+        if stopping.is_set():
+            signum = received[0]
+            err.print(
+                f"[yellow]{signal.Signals(signum).name}: stopping the workers (up to {settings.stop_s} s); the "
+                "running trials checkpoint and `irnn-search launch` resumes them[/]",
+                highlight=False,
+            )
+            killed = stop_workers(procs, signum, settings.stop_s, abort)
+            if killed:
+                err.print(
+                    f"[yellow]killed {len(killed)} worker(s) that had not stopped; their trials are re-queued "
+                    f"once their heartbeat is {settings.grace_s} s old, by the next worker[/]",
+                    highlight=False,
+                )
+            raise typer.Exit(128 + signum)
         for p in procs:
-            if p.is_alive() and p.pid:
-                import os
-                import signal as _signal
-
-                os.kill(p.pid, _signal.SIGINT)
-        for p in procs:
-            p.join(timeout=120)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    for p in procs:
-        p.join()
+            p.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if tracker is not None:
         close_tracking(studies.values(), tracker)
     if report:
@@ -728,7 +810,7 @@ def worker_cmd(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
     torch.set_num_threads(threads or settings.threads or default_threads(device, pack))
-    settings.ensure_home()  # the embedded stores' folder, as launch makes it (a worker may start first)
+    _ensure_home(settings, checkpoints=True)  # the embedded stores and checkpoints (a worker may start first)
     if track:
         worker_http_defaults()
     tracker = _tracker(settings, track)
@@ -749,7 +831,16 @@ def worker_cmd(
         raise _fail(str(exc)) from None
     except Exception as exc:
         raise _storage_error(exc, settings.storage_url) from None
+    from irnn_search.service.preflight import unfit_studies
+    from irnn_search.service.search import stored_spec
+
+    unfit = unfit_studies({n: stored_spec(s) for n, s in studies.items()}, device)
+    if studies and len(unfit) == len(studies):  # nothing this worker can run: say why once
+        raise _fail(next(iter(unfit.values())))
     err = _console(stderr=True)
+    for name, why in unfit.items():
+        err.print(f"[yellow]{name}: this worker takes none of its trials: {why}[/]", highlight=False, soft_wrap=True)
+        del studies[name]
     what = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
     err.print(
         f"worker {socket.gethostname()}:{os.getpid()} on [bold]{device}[/] ({what}, {torch.get_num_threads()} "
@@ -856,7 +947,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
     from irnn_search.settings import mask_url
 
     settings = _settings()
-    settings.ensure_home()
+    _ensure_home(settings)
     _db_call("upgrade", upgrade, settings.db_url, revision)
     _console().print(f"{mask_url(settings.db_url)} at revision {_db_call('current', current, settings.db_url)}")
 

@@ -10,6 +10,7 @@ checkpoints in folders beside them. Point ``IRNN_SEARCH_STORAGE`` / ``IRNN_SEARC
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ PREFIX = "IRNN_SEARCH_"
 
 
 mask_url = mask_secrets  # the one masking rule (irnn_search.masking)
+
+
+class SettingsError(ValueError):
+    """A setting is invalid or names a place that cannot be used; the message says which and the fix."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,10 @@ class Settings:
     #: attempts of one trial whose worker died before the trial is failed for good (a trial that
     #: kills its worker, e.g. out of memory, would otherwise crash-loop a pool for ever)
     max_lost_attempts: int = 3
+    #: seconds ``launch`` waits for its workers to checkpoint and exit after SIGINT/SIGTERM before
+    #: it kills them: under Kubernetes' default 30 s grace period (``docker stop`` waits 10 s: set
+    #: ``stop_grace_period`` to more than this)
+    stop_s: int = 25
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +94,7 @@ class Settings:
             grace_s=grace,
             db_retry_s=count("DB_RETRY_S", cls.db_retry_s, minimum=0) or 0,
             max_lost_attempts=count("MAX_LOST_ATTEMPTS", cls.max_lost_attempts) or cls.max_lost_attempts,
+            stop_s=count("STOP_S", cls.stop_s) or cls.stop_s,
         )
 
     def _sqlite(self, name: str) -> str:
@@ -111,7 +121,25 @@ class Settings:
     def checkpoint_root(self) -> Path:
         return self.home / "checkpoints"
 
-    def ensure_home(self) -> None:
-        """Create the state folder when any store is embedded in it."""
-        if not (self.storage and self.db and self.mlflow_uri):
+    def ensure_home(self, *, checkpoints: bool = False) -> None:
+        """Create the state folder when any store is embedded in it (or, with ``checkpoints``, when
+        trials will write their checkpoints there) and check that a file can be written in it.
+
+        Raises:
+            SettingsError: the folder cannot be created (a regular file in the way, no permission)
+                or written (read-only); nothing is created then.
+        """
+        if self.storage and self.db and self.mlflow_uri and not checkpoints:
+            return
+        existed = self.home.is_dir()
+        try:
             self.home.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".irnn-search-write-check-", dir=self.home)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            what = "write in" if existed else "create"
+            raise SettingsError(
+                f"{PREFIX}HOME {self.home}: cannot {what} this folder ({exc.strerror or exc}); point "
+                f"{PREFIX}HOME at a folder this user can create and write, or fix its permissions"
+            ) from None

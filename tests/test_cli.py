@@ -236,3 +236,64 @@ def test_launch_finds_a_built_in_spec_and_records_the_code_version(
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "adding-smoke.toml").write_text('[study]\ntask = "nonsense"\n')
     assert "nonsense" in runner.invoke(app, args).output
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b'[study]\ndescription = "caf\xe9"\n'), "not UTF-8"),
+        (lambda p: p.mkdir(), "is a folder"),
+    ],
+    ids=["not-utf8", "folder"],
+)
+def test_a_spec_path_that_is_not_a_utf8_file_is_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: object, message: str
+) -> None:
+    for var in ("IRNN_SEARCH_STORAGE", "IRNN_SEARCH_DB", "IRNN_SEARCH_MLFLOW_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path / "home"))
+    spec = tmp_path / "bad.toml"
+    make(spec)  # type: ignore[operator]
+    result = runner.invoke(app, ["launch", str(spec), "--no-track"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(spec) in lines[0], result.output
+    assert "does not exist" not in result.output and not (tmp_path / "home").exists()
+
+
+def _home_under_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "a-file").write_text("")
+    return tmp_path / "a-file" / "home"
+
+
+def _home_is_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "home").write_text("")
+    return tmp_path / "home"
+
+
+def _home_read_only(tmp_path: Path) -> Path:
+    import os
+
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        return tmp_path / "ro"
+    if not Path("/sys/kernel").is_dir():  # root writes into any folder but those of a kernel file system
+        pytest.skip("no read-only folder for root here")
+    return Path("/sys/kernel")
+
+
+@pytest.mark.parametrize("command", [["launch", "adding-smoke", "--no-track"], ["worker", "--no-track"]])
+@pytest.mark.parametrize("home", [_home_under_a_file, _home_is_a_file, _home_read_only])
+def test_a_state_folder_that_cannot_be_created_or_written_is_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], home: object
+) -> None:
+    for var in ("IRNN_SEARCH_STORAGE", "IRNN_SEARCH_DB", "IRNN_SEARCH_MLFLOW_URI"):
+        monkeypatch.delenv(var, raising=False)
+    path = home(tmp_path)  # type: ignore[operator]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(path))
+    result = runner.invoke(app, [*command, "--studies-dir", str(tmp_path)] if command[0] == "launch" else command)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "IRNN_SEARCH_HOME" in lines[0] and str(path) in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing half-written

@@ -577,6 +577,8 @@ def load_spec(name_or_path: str | Path, studies_dir: str | Path = "studies") -> 
     is_path = isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith(".toml")
     if is_path or as_path.is_file():
         path = as_path
+        if path.is_dir():
+            raise SpecError(f"spec path {str(path)!r} is a folder, not a spec file: name a .toml file (in it)")
         if not path.is_file():
             raise SpecError(f"spec file {str(path)!r} does not exist")
     else:
@@ -594,6 +596,12 @@ def load_spec(name_or_path: str | Path, studies_dir: str | Path = "studies") -> 
         raw = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read the spec: {exc.strerror or exc}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"the spec is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8, as TOML requires",
+            file=str(path),
+        ) from None
     return parse_spec(raw, source=str(path), default_name=path.stem)
 
 

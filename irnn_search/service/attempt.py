@@ -34,6 +34,7 @@ import optuna
 
 from irnn_search.search.space import PruneGate, build_train_config, suggest
 from irnn_search.search.spec import StudySpec, valid_name
+from irnn_search.service.preflight import EnvironmentProblem, device_problem, environmental
 from irnn_search.service.single import Run, prepare_run
 from irnn_search.service.storage import PACK_SLOTS
 from irnn_search.tracking import Tracker, TrackingError
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 
 class TrialInterrupted(Exception):
     """The trial stopped at a step boundary and checkpointed; it is re-queued for any worker."""
+
+
+#: trial user attr: why this worker could not run the trial (missing data, no such device, a full
+#: disk); the trial was released, not failed, and its worker stops taking that study's trials
+UNFIT = "unfit"
 
 
 TAKEN_OVER = (
@@ -234,6 +240,8 @@ class Attempt:
     ) -> tuple[Run, Path, Callable[[int, dict[str, float]], bool], Callable[[Path], None]]:
         """The run of seed ``seed`` (the ``i``-th), its checkpoint folder, report and checkpoint hooks."""
         spec, trial = self.spec, self.trial
+        if (why := device_problem(self.device)) is not None:
+            raise EnvironmentProblem(why)
         config = build_train_config(spec, self.train_kwargs, seed=seed, device=self.device)
         run = prepare_run(
             task=spec.task,
@@ -383,7 +391,17 @@ class Attempt:
         log.warning("%s trial %d: %s", self.trial.study.study_name, self.trial.number, TAKEN_OVER)
 
     def failed(self, exc: BaseException) -> None:
-        """A trial's error fails that trial, never the worker."""
+        """A trial's error fails that trial, never the worker. An environmental one (missing data,
+        no such device, a full disk: ``preflight.environmental``) is not the trial's: the trial is
+        released as interrupted (re-queued, not counted against the budget or the lineage's lost
+        attempts) and marked ``UNFIT`` so its worker stops taking the study's trials."""
+        why = environmental(exc)
+        if why is not None:
+            self.outcome, self.reason = "interrupted", f"released: this worker cannot run it: {why}"
+            self.trial.set_user_attr("outcome", "interrupted")
+            self.trial.set_user_attr("reason", self.reason)
+            self.trial.set_user_attr(UNFIT, why)
+            return
         self.reason = f"{type(exc).__name__}: {exc}"
         self.outcome = "failed"
         self.trial.set_user_attr("outcome", "failed")

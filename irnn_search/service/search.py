@@ -38,7 +38,8 @@ from optuna.trial import FrozenTrial, TrialState
 from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler
 from irnn_search.search.spec import ModelSpec, SpecError, StudySpec, valid_name
-from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
+from irnn_search.service.attempt import TAKEN_OVER, UNFIT, Attempt, Heartbeats, TrialInterrupted
+from irnn_search.service.preflight import environmental, unfit_studies
 from irnn_search.service.storage import (
     DEVICE_S,
     GRACE_S,
@@ -192,7 +193,7 @@ def requeue(study: optuna.Study, t: FrozenTrial, reason: str, *, max_lost: int =
     reason, instead of queued: a trial that kills its worker (out of memory, a kernel crash) is
     tried ``max_lost`` times, not for ever. Interrupted attempts (SIGTERM, Ctrl-C) do not count.
     """
-    attrs = {k: v for k, v in t.user_attrs.items() if k not in ("outcome", "reason", "retry_reason")}
+    attrs = {k: v for k, v in t.user_attrs.items() if k not in ("outcome", "reason", "retry_reason", UNFIT)}
     attrs["retry_of"] = t.number
     attrs["retry_reason"] = reason
     attrs.setdefault("lineage", t.number)
@@ -641,15 +642,25 @@ def _loop(
     from irnn_search.service.answer import publish_summary
     from irnn_search.service.packing import pack_refusal, run_pack
 
+    studies = dict(studies)  # a study this worker cannot run (UNFIT) leaves this copy
+    unfit: set[str] = set()
+
     def trial_done(name: str, finished: FrozenTrial) -> None:
         publish_summary(studies[name], tracker)  # the parent run's summary stays current
         if on_trial is not None:
             on_trial(name, finished)
+        if UNFIT in finished.user_attrs and name not in unfit:
+            unfit.add(name)  # released, not failed: other workers (or this one, fixed) run it
+            log.warning("study %s: this worker takes no more of its trials: %s", name, finished.user_attrs[UNFIT])
 
     ran = 0
     refused: dict[str, str | None] = {}
     lingering: tuple[float, int] | None = None  # (until, running elsewhere when it started)
     while not stop.is_set():
+        for name in unfit & set(studies):
+            del studies[name]
+        if not studies:
+            break
         uses = {n: usage(s) for n, s in studies.items()}  # one read of each study's trials per pick
         open_ = [n for n, s in studies.items() if budget_left(s, specs[n].model(s.user_attrs["model"]), uses[n])]
         if not open_:
@@ -683,7 +694,11 @@ def _loop(
             # models advance together: a pack does not run ahead of the other open studies
             least = min((uses[n].finished + uses[n].running for n in open_ if n != name), default=None)
 
-            def may_start(study: optuna.Study = study, model: ModelSpec = model, least: int | None = least) -> bool:
+            def may_start(
+                study: optuna.Study = study, model: ModelSpec = model, least: int | None = least, name: str = name
+            ) -> bool:
+                if name in unfit:
+                    return False
                 u = usage(study)
                 return budget_left(study, model, u) and (least is None or u.finished + u.running < least + pack)
 
@@ -758,7 +773,10 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> 
             raise
         except Exception as exc:
             state = TrialState.FAIL
-            log.warning("%s trial %d failed: %s: %s", study.study_name, trial.number, type(exc).__name__, exc)
+            if environmental(exc) is None:
+                log.warning("%s trial %d failed: %s: %s", study.study_name, trial.number, type(exc).__name__, exc)
+            else:  # released by its Attempt, not failed: see Attempt.failed
+                log.warning("%s trial %d released: %s", study.study_name, trial.number, environmental(exc))
             log.debug("the error of trial %d", trial.number, exc_info=exc)
         finally:
             beats.remove(trial._trial_id)
@@ -813,6 +831,7 @@ def worker_process(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    watch_parent(os.getppid(), stop)
     if mlflow_uri:
         worker_http_defaults()
     tracker = Tracker(mlflow_uri, mlflow_artifact_root) if mlflow_uri else None
@@ -832,6 +851,9 @@ def worker_process(
         ledger=ledger,
         max_lost=max_lost,
     )
+    for name, why in unfit_studies({n: stored_spec(s) for n, s in studies.items()}, device).items():
+        log.warning("study %s: this worker takes none of its trials: %s", name, why)
+        del studies[name]
     work(
         studies,
         device=device,
@@ -842,6 +864,52 @@ def worker_process(
         janitor=janitor,
         pack=pack,
     )
+
+
+def watch_parent(parent: int, stop: threading.Event, interval_s: float = 1.0) -> threading.Thread:
+    """Set ``stop`` when this process's parent (the launcher) is gone: its workers then checkpoint
+    and release their trials rather than train on as orphans. A dead parent shows as a changed
+    ``os.getppid()`` (the orphan is re-parented to init or a subreaper)."""
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            if os.getppid() != parent:
+                log.warning("the launcher (pid %d) is gone: stopping after the current step", parent)
+                stop.set()
+
+    thread = threading.Thread(target=loop, name="irnn-search-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_workers(procs: list[Any], signum: int, timeout_s: float, abort: threading.Event | None = None) -> list[int]:
+    """Pass ``signum`` on to the live worker processes and wait up to ``timeout_s`` seconds (or
+    until ``abort`` is set) for them to checkpoint, release their trials and exit; kill the rest.
+
+    Returns the pids killed. Their trials stay RUNNING until a janitor (any worker's, within the
+    grace period) fails and re-queues them, so none is lost either way."""
+    import contextlib
+    import signal
+
+    for p in procs:
+        if p.is_alive() and p.pid:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(p.pid, signum)
+    deadline = time.monotonic() + timeout_s
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        if abort is not None and abort.is_set():
+            break
+        for p in procs:
+            p.join(timeout=0.2)
+    killed = []
+    for p in procs:
+        if p.is_alive() and p.pid:
+            log.warning("worker %s (pid %d) did not stop within %.0f s: killed", p.name, p.pid, timeout_s)
+            os.kill(p.pid, signal.SIGKILL)
+            killed.append(p.pid)
+    for p in procs:
+        p.join(timeout=10)
+    return killed
 
 
 def start_workers(

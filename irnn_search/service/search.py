@@ -114,6 +114,12 @@ def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None, ma
             study.set_user_attr("family", model.family)
             study.set_user_attr("task", spec.task)
             study.set_user_attr("launched_at", time.time())
+        elif stored != spec.spec_hash() and _only_budget_differs(study.user_attrs["spec"], spec):
+            # Like n_trials in Optuna: a study may be given more (or less) budget and resumed.
+            old = StudySpec.from_dict(study.user_attrs["spec"]).model(key).budget
+            study.set_user_attr("spec", spec.to_dict())
+            study.set_user_attr("spec_hash", spec.spec_hash())
+            log.warning("study %s: budget changed from %s to %s", name, old.to_dict(), model.budget.to_dict())
         elif stored != spec.spec_hash():
             raise SearchError(
                 f"study {name!r} was launched from a different version of spec {spec.name!r} "
@@ -145,6 +151,21 @@ def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None, ma
                 tracker.finish_parent(parent)  # nothing left to do: the parent stays closed
         studies[key] = study
     return studies
+
+
+def _only_budget_differs(stored: dict[str, Any], spec: StudySpec) -> bool:
+    """Whether a stored spec and ``spec`` differ in budgets (and description) only: what a trial
+    trains and how it is searched are the same, so the study may go on under the new budget."""
+
+    def strip(d: dict[str, Any]) -> dict[str, Any]:
+        d = {k: v for k, v in d.items() if k != "description"}
+        d["models"] = {k: {f: v for f, v in m.items() if f != "budget"} for k, m in d.get("models", {}).items()}
+        return d
+
+    try:
+        return strip(StudySpec.from_dict(stored).to_dict()) == strip(spec.to_dict())
+    except Exception:  # a stored spec this version cannot read differs in more than budgets
+        return False
 
 
 def _name_objective(study: optuna.Study, name: str) -> None:

@@ -79,6 +79,21 @@ def test_a_changed_spec_under_the_same_name_is_refused(tmp_path: Path, storage: 
         open_studies(changed, storage)
 
 
+def test_a_changed_budget_is_taken_and_the_study_goes_on(tmp_path: Path, storage: str) -> None:
+    # As with Optuna's n_trials: more (or fewer) trials for a study that is already running.
+    from irnn_search.service.search import budget_left, stored_spec
+
+    first = open_studies(load_spec(_spec(tmp_path, trials=3)), storage)["irnn"]
+    n = len(first.trials)
+    more = open_studies(load_spec(_spec(tmp_path, trials=7)), storage)["irnn"]
+    assert stored_spec(more).model("irnn").budget.trials == 7
+    assert len(more.trials) == n  # nothing enqueued twice
+    assert budget_left(more, stored_spec(more).model("irnn"))
+    # Anything else changed is still refused.
+    with pytest.raises(SearchError, match="different version of spec 'tiny'"):
+        open_studies(load_spec(_spec(tmp_path, trials=7, steps=50)), storage)
+
+
 def test_workers_meet_the_budget_and_the_objective_comes_from_the_stored_spec(tmp_path: Path, storage: str) -> None:
     spec_path = _spec(tmp_path, trials=4)
     open_studies(load_spec(spec_path), storage)

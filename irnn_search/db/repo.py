@@ -14,7 +14,7 @@ import getpass
 import json
 import math
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar
 
@@ -138,15 +138,20 @@ def ensure_study(
     model: str,
     family: str,
     spec_hash: str,
+    earlier_hashes: Collection[str] = (),
 ) -> StudyRow:
     """The study named ``study_name``, created on first launch (idempotent).
 
     A study that exists keeps its original launch. Raises :class:`StudySpecChanged` when it was
     launched with another spec hash: trials searched under different specs are not comparable.
+    ``earlier_hashes``: hashes of the same spec with other budgets (the search accepted the
+    change); the study then takes ``spec_hash``.
     """
     _get(session, LaunchRow, launch_id, "launch")
     existing = session.scalars(select(StudyRow).where(StudyRow.study_name == study_name)).one_or_none()
     if existing is not None:
+        if existing.spec_hash != spec_hash and existing.spec_hash in earlier_hashes:
+            existing.spec_hash = spec_hash
         if existing.spec_hash != spec_hash:
             raise StudySpecChanged(
                 f"study {study_name!r} was launched with spec hash {existing.spec_hash[:12]}, but the spec "

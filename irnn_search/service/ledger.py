@@ -73,6 +73,7 @@ class Ledger:
                     model=key,
                     family=spec.model(key).family,
                     spec_hash=spec.spec_hash(),
+                    earlier_hashes=study.user_attrs.get("earlier_spec_hashes", ()),
                 )
                 if "mlflow_experiment_id" in study.user_attrs:
                     repo.set_mlflow_ids(

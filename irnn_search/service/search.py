@@ -117,6 +117,7 @@ def _open_studies(spec: StudySpec, storage_url: str, tracker: Tracker | None, ma
         elif stored != spec.spec_hash() and _only_budget_differs(study.user_attrs["spec"], spec):
             # Like n_trials in Optuna: a study may be given more (or less) budget and resumed.
             old = StudySpec.from_dict(study.user_attrs["spec"]).model(key).budget
+            study.set_user_attr("earlier_spec_hashes", [*study.user_attrs.get("earlier_spec_hashes", []), stored])
             study.set_user_attr("spec", spec.to_dict())
             study.set_user_attr("spec_hash", spec.spec_hash())
             log.warning("study %s: budget changed from %s to %s", name, old.to_dict(), model.budget.to_dict())

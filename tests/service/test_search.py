@@ -94,6 +94,21 @@ def test_a_changed_budget_is_taken_and_the_study_goes_on(tmp_path: Path, storage
         open_studies(load_spec(_spec(tmp_path, trials=7, steps=50)), storage)
 
 
+def test_launch_takes_a_changed_budget_in_every_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path / "home"))
+    for var in ("IRNN_SEARCH_STORAGE", "IRNN_SEARCH_DB", "IRNN_SEARCH_MLFLOW_URI"):
+        monkeypatch.delenv(var, raising=False)
+    for trials in (3, 5, 4):
+        result = CliRunner().invoke(app, ["launch", str(_spec(tmp_path, trials=trials)), "--no-run"])
+        assert result.exit_code == 0, result.output
+    from irnn_search.db import repo
+    from irnn_search.db.session import make_engine, session_scope
+
+    with session_scope(make_engine(f"sqlite:///{tmp_path / 'home' / 'irnn.db'}")) as session:
+        (study,) = repo.studies(session, spec_name="tiny")
+        assert study.spec_hash == load_spec(_spec(tmp_path, trials=4)).spec_hash()
+
+
 def test_workers_meet_the_budget_and_the_objective_comes_from_the_stored_spec(tmp_path: Path, storage: str) -> None:
     spec_path = _spec(tmp_path, trials=4)
     open_studies(load_spec(spec_path), storage)

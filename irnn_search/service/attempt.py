@@ -117,6 +117,10 @@ class UnsafePath(ValueError):
     """A name read back from storage would place a file outside the checkpoint root."""
 
 
+#: set on every attempt whose checkpoints have recorded digests (absent: an older version wrote them)
+DIGESTS = "checkpoint_digests"
+
+
 def checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
     """``root/<study>/trial-<lineage>/seed-<seed>``. The study name and lineage come from shared
     storage, so they are checked again: a valid name, an integer lineage and seed, and a folder
@@ -297,9 +301,17 @@ class Attempt:
         """
         trial, last = self.trial, ckpt / "last.pt"
         label = f"{trial.study.study_name} trial {trial.number} seed {seed}"
+        # A lineage re-queued by a version that recorded no digests: its checkpoints cannot be
+        # checked, and rejecting them would throw away its progress. They still load as tensors
+        # only. The marker goes to every later attempt (re-queues copy the user attrs).
+        legacy = trial.user_attrs.get("retry_of") is not None and DIGESTS not in trial.user_attrs
+        trial.set_user_attr(DIGESTS, 1)
 
         def rank(path: Path) -> int | None:  # 0: the newest written; None: not written by this lineage
             digest = file_digest(path)
+            if legacy and not written:
+                log.warning("%s: %s predates checkpoint digests; resumed unchecked (tensors only)", label, path)
+                return 0
             return written.index(digest) if digest in written else None
 
         def reject(path: Path, where: str) -> None:

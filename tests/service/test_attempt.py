@@ -128,3 +128,27 @@ def test_a_corrupt_local_checkpoint_restarts_the_trial_and_the_lineage_goes_on(
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == first.number
     assert min(retry.intermediate_values) == 10  # started again from step 0
     assert "restarts from step 0" in caplog.text
+
+
+def test_a_lineage_requeued_before_digests_existed_resumes_its_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An upgrade in the middle of a study: the re-queued trial has no recorded digests, because the
+    # version that wrote its checkpoint recorded none. Its progress is kept (loaded as tensors only).
+    from irnn_search.service.attempt import DIGESTS
+
+    (ckpt_file,) = _checkpoints(tmp_path, (10,))
+    spec = dataclasses.replace(load_spec(_spec(tmp_path)), warm_start=False)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="tiny.irnn")
+    study.enqueue_trial({}, user_attrs={"lineage": 0, "retry_of": 0, "mlflow_run_id": "run-0"})
+    trial = study.ask()
+    attempt = Attempt(trial, spec, "irnn", device="cpu", checkpoint_root=tmp_path / "c", tracker=FakeStore(None))  # type: ignore[arg-type]
+    attempt.begin()
+    ckpt = tmp_path / "c" / "tiny.irnn" / "trial-0" / "seed-0"
+    ckpt.mkdir(parents=True)
+    shutil.copyfile(ckpt_file, ckpt / "last.pt")
+    with caplog.at_level(logging.WARNING):
+        attempt.prepare(0, 0)
+    assert (ckpt / "last.pt").read_bytes() == ckpt_file.read_bytes()
+    assert "predates checkpoint digests" in caplog.text
+    assert trial.user_attrs[DIGESTS] == 1  # later attempts of this lineage check digests

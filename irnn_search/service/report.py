@@ -164,10 +164,11 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     appears. Returns None when nothing completed, the task has no test split (smoke tasks), or the
     checkpoint is gone.
     """
+    from irnn_search.checkpoint import CheckpointError, file_digest, load_checkpoint
     from irnn_search.search.space import build_train_config, params_to_kwargs
     from irnn_search.service.attempt import BEST_SHA256
     from irnn_search.service.single import prepare_run
-    from irnn_search.train import CheckpointError, evaluate, file_digest, load_checkpoint
+    from irnn_search.train import evaluate
 
     spec = stored_spec(study)
     best = _best_attempt(study, spec)

@@ -18,6 +18,10 @@ from pathlib import Path
 from irnn_search.masking import mask_secrets
 
 PREFIX = "IRNN_SEARCH_"
+#: seconds between heartbeats: a running trial's (Optuna's storage) and a worker's (our database)
+HEARTBEAT_S = 10
+#: seconds without a heartbeat after which a running trial counts as lost (3x the heartbeat)
+GRACE_S = 30
 
 
 mask_url = mask_secrets  # the one masking rule (irnn_search.masking)
@@ -44,9 +48,9 @@ class Settings:
     #: torch intra-op threads per process; None = torch's default
     threads: int | None = None
     #: seconds between a running trial's heartbeats
-    heartbeat_s: int = 10
+    heartbeat_s: int = HEARTBEAT_S
     #: a running trial with no heartbeat for this long is failed and re-queued (its worker died)
-    grace_s: int = 30
+    grace_s: int = GRACE_S
     #: how long storage calls are retried while the database connection is lost (a restart)
     db_retry_s: int = 120
     #: attempts of one trial whose worker died before the trial is failed for good (a trial that

@@ -98,7 +98,6 @@ _MAX_TAG_CHARS: Final = 8000
 _TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # The userinfo of a URL, greedy up to the last "@" of the token: over-masking a path that contains
 # "@" is harmless, while a password containing an unescaped "@" must not leak its tail.
-mask_uri = mask_secrets  # the name this module has always used
 
 
 def worker_http_defaults() -> None:
@@ -203,7 +202,7 @@ class Tracker:
     Args:
         tracking_uri: ``sqlite:///path/mlflow.db`` (embedded, no server), ``http(s)://host:port``
             (a tracking server) or a database URL. It may contain a password: messages and errors
-            only ever show it masked (``mask_uri``).
+            only ever show it masked (``mask_secrets``).
         artifact_root: folder or URI under which each experiment gets ``<task>/`` for its
             artifacts. None: beside the database for a SQLite store, otherwise the store's default
             (a server's ``--default-artifact-root``). Only used when an experiment is created.
@@ -237,10 +236,10 @@ class Tracker:
         self._dropped = 0
 
     def __repr__(self) -> str:
-        return f"Tracker({mask_uri(self.tracking_uri)!r})"
+        return f"Tracker({mask_secrets(self.tracking_uri)!r})"
 
     def _error(self, what: str, exc: BaseException) -> TrackingError:
-        return TrackingError(f"MLflow at {mask_uri(self.tracking_uri)}: {what} failed: {mask_uri(str(exc))}")
+        return TrackingError(f"MLflow at {mask_secrets(self.tracking_uri)}: {what} failed: {mask_secrets(str(exc))}")
 
     # ----------------------------------------------------------------- experiments and runs
 
@@ -453,20 +452,20 @@ class Tracker:
     def set_outcome(self, run_id: str, outcome: str, reason: str | None = None) -> None:
         """Tag the run with ``irnn.outcome`` (one of ``OUTCOME_STATUS``) and ``irnn.reason``.
 
-        The reason is masked (``mask_uri``) and cut to MLflow's 8000-character tag limit.
+        The reason is masked (``mask_secrets``) and cut to MLflow's 8000-character tag limit.
         Buffered like ``log_metrics`` when the store is unreachable.
         """
         outcome_status(outcome)  # validates
         tags = {TAG_OUTCOME: outcome}
         if reason is not None:
-            tags[TAG_REASON] = mask_uri(reason)[:_MAX_TAG_CHARS]
+            tags[TAG_REASON] = mask_secrets(reason)[:_MAX_TAG_CHARS]
         self._submit(_Batch(run_id, [], tags))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) tags on a run; values are stringified, masked and cut to MLflow's
         tag limit. Buffered like ``log_metrics``. Tags, unlike params, may change: a study's
         parent run keeps its current best parameters here (``best.<name>``)."""
-        clean = {str(k): mask_uri(_stringify(v))[:_MAX_TAG_CHARS] for k, v in tags.items()}
+        clean = {str(k): mask_secrets(_stringify(v))[:_MAX_TAG_CHARS] for k, v in tags.items()}
         self._submit(_Batch(run_id, [], clean))
 
     def log_artifacts(
@@ -530,7 +529,9 @@ class Tracker:
                 current = self._tags_of(current).get(TAG_RESUMED_FROM)
             except (MlflowException, OSError) as exc:
                 log.warning(
-                    "could not fetch the checkpoint of MLflow run %s: %s", current, mask_uri(str(exc)).splitlines()[0]
+                    "could not fetch the checkpoint of MLflow run %s: %s",
+                    current,
+                    mask_secrets(str(exc)).splitlines()[0],
                 )
                 return None
         return None
@@ -646,21 +647,21 @@ class Tracker:
                         log.warning(
                             "MLflow at %s is unreachable (%s); buffering tracking data in memory and "
                             "retrying every %.0f s",
-                            mask_uri(self.tracking_uri),
-                            mask_uri(str(exc)),
+                            mask_secrets(self.tracking_uri),
+                            mask_secrets(str(exc)),
                             self.retry_interval_s,
                         )
                     self._failing = True
                     self._retry_at = time.monotonic() + self.retry_interval_s
                     return False
-                log.warning("MLflow refused %s; dropped it: %s", _describe(op), mask_uri(str(exc)))
+                log.warning("MLflow refused %s; dropped it: %s", _describe(op), mask_secrets(str(exc)))
             else:
                 sent += 1
             self._buffer.popleft()
         if self._failing:
             log.warning(
                 "MLflow at %s is reachable again: sent %d buffered operation(s)%s",
-                mask_uri(self.tracking_uri),
+                mask_secrets(self.tracking_uri),
                 sent,
                 f", {self._dropped} metric value(s) had been dropped (buffer full)" if self._dropped else "",
             )

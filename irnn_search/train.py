@@ -11,24 +11,19 @@ so the data position is the step counter).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
-import pickle
 import random
-import re
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
+from irnn_search.checkpoint import TrainError, atomic_save, build_checkpoint, restore_checkpoint, run_identity
 from irnn_search.models.base import RecurrentModel, State, detach_state, state_abs_max
 from irnn_search.tasks.base import Batch, Split, Task, derive_seed
 
@@ -36,21 +31,11 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 Outcome = Literal["completed", "diverged", "stopped", "interrupted"]
-CHECKPOINT_FORMAT = 1
 
 #: report(step, metrics) -> True to stop the run early (e.g. a pruner); may also raise.
 ReportHook = Callable[[int, dict[str, float]], bool | None]
 #: progress(step, train_loss) after every optimizer step (progress bars).
 ProgressHook = Callable[[int, float], None]
-
-
-class TrainError(ValueError):
-    """The run cannot start: bad settings or a checkpoint that belongs to another run."""
-
-
-class CheckpointError(TrainError):
-    """A checkpoint that cannot or must not be loaded: empty, truncated, corrupt, or holding Python
-    objects other than tensors and plain data (which unpickling could make run code)."""
 
 
 @dataclass(frozen=True)
@@ -182,70 +167,6 @@ def _better(task: Task, value: float, best: float | None) -> bool:
     return value < best if task.direction == "minimize" else value > best
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint as tensors and plain data only (``torch.load(weights_only=True)``).
-
-    Every checkpoint this package writes holds nothing else (the Python RNG state is a tuple of
-    ints; configs are stored as dicts). A file from elsewhere (a shared artifact store, a planted
-    ``last.pt``) that names any other Python object is refused before anything in it runs.
-
-    Raises:
-        CheckpointError: one line naming the file and what is wrong with it: refused (it names
-            Python objects such as ``posix.system``) or unreadable (empty, truncated, corrupt).
-    """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
-            warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"it names the Python object {named.group(1)}" if named else "it holds Python objects"
-        raise CheckpointError(
-            f"{path} was refused: {what}, not only tensors and plain data, so loading it could run code; "
-            "delete it (or use another checkpoint folder) to start over"
-        ) from None
-    except Exception as exc:  # torch reports a torn file as EOFError, RuntimeError, KeyError...
-        detail = str(exc).splitlines()[0] if str(exc) else "the file is empty or ends too early"
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or corrupt: {detail[:120]}); "
-            "delete it (or use another checkpoint folder) to start over"
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} is not a checkpoint of irnn-search (it holds a {type(ckpt).__name__})")
-    return ckpt
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hex: what a trial records of each checkpoint it writes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _identity(task: Task, model: RecurrentModel, config: TrainConfig) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed (steps may grow; device may change)."""
-    cfg = asdict(replace(config, steps=1, device="cpu"))
-    # Where the data lives may differ between machines; what it is may not.
-    task_desc = {k: v for k, v in task.describe().items() if k not in ("data_dir", "cache_dir", "mirrors")}
-    return {"task": task_desc, "model": model.describe(), "train": cfg, "batch_size": task.batch_size}
-
-
 def train(
     model: RecurrentModel,
     task: Task,
@@ -288,7 +209,7 @@ def train(
     clip = config.clip if config.clip else None
     key = f"val_{task.metric}"
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    identity = _identity(task, model, config)
+    identity = run_identity(task, model, config)
 
     step = 0
     state: State | None = None
@@ -299,52 +220,30 @@ def train(
     resumed_from: int | None = None
 
     if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
-        ckpt = load_checkpoint(ckpt_dir / "last.pt")
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("identity") != identity:
-            raise TrainError(
-                f"{ckpt_dir / 'last.pt'} belongs to a different run (task, model or training settings differ); "
-                "use another checkpoint folder or delete it to start over"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        random.setstate(ckpt["rng"]["python"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        step, history, best = ckpt["step"], ckpt["history"], ckpt["best"]
-        train_time, interval = ckpt["train_time"], ckpt["interval"]
-        carried = ckpt["state"]
-        if carried is not None:
-            state = tuple(s.to(device) for s in carried) if isinstance(carried, tuple) else carried.to(device)
+        resumed = restore_checkpoint(
+            ckpt_dir / "last.pt", identity=identity, model=model, optimizer=optimizer, device=device
+        )
+        step, history, best = resumed.step, resumed.history, resumed.best
+        train_time, interval, state = resumed.train_time, resumed.interval, resumed.state
         resumed_from = step
         log.info("resumed from %s at step %d", ckpt_dir / "last.pt", step)
 
     def save(name: str = "last.pt") -> None:
         if ckpt_dir is None:
             return
-        cpu_state = detach_state(state)
-        if cpu_state is not None:
-            cpu_state = tuple(s.cpu() for s in cpu_state) if isinstance(cpu_state, tuple) else cpu_state.cpu()
-        _atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "identity": identity,
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                },
-                "state": cpu_state,
-                "history": history,
-                "best": best,
-                "train_time": train_time,
-                "interval": interval,
-            },
-            ckpt_dir / name,
+        ckpt = build_checkpoint(
+            identity=identity,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            device=device,
+            state=state,
+            history=history,
+            best=best,
+            train_time=train_time,
+            interval=interval,
         )
+        atomic_save(ckpt, ckpt_dir / name)
         if name == "last.pt" and on_checkpoint is not None:
             on_checkpoint(ckpt_dir / name)
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from irnn_search.tracking import OUTCOME_STATUS, Tracker, TrackingError, mask_uri
+from irnn_search.masking import mask_secrets
+from irnn_search.tracking import OUTCOME_STATUS, Tracker, TrackingError
 
 SPEC = {"name": "adding-smoke", "task": {"name": "adding", "T": 50}, "budget": {"trials": 4}, "lr": [1e-4, 1e-2]}
 
@@ -343,7 +344,7 @@ def test_sweep_ends_every_running_child_as_killed(tracker: Tracker, uri: str, cl
     ],
 )
 def test_mask_uri_hides_passwords(raw: str, masked: str) -> None:
-    assert mask_uri(raw) == masked
+    assert mask_secrets(raw) == masked
 
 
 def test_a_refused_metric_is_dropped_with_a_warning_and_training_goes_on(

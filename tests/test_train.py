@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from irnn_search.checkpoint import CheckpointError, TrainError
 from irnn_search.models import build_model
 from irnn_search.models.base import ParamGroup
 from irnn_search.tasks import build_task
-from irnn_search.train import CheckpointError, TrainConfig, TrainError, build_optimizer, seed_everything, train
+from irnn_search.train import TrainConfig, build_optimizer, seed_everything, train
 
 
 def _run(

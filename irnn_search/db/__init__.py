@@ -7,6 +7,6 @@ Only this package (and ``migrations/``) imports SQLAlchemy or Alembic; it import
 Optuna nor MLflow.
 """
 
-from irnn_search.db.session import DatabaseError, dispose, make_engine, mask_url, session_scope
+from irnn_search.db.session import DatabaseError, dispose, make_engine, session_scope
 
-__all__ = ["DatabaseError", "dispose", "make_engine", "mask_url", "session_scope"]
+__all__ = ["DatabaseError", "dispose", "make_engine", "session_scope"]

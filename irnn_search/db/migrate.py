@@ -25,7 +25,8 @@ from sqlalchemy import Connection
 
 from irnn_search import bundled
 from irnn_search.db.models import TABLE_PREFIX, Base
-from irnn_search.db.session import DatabaseError, describe, is_unusable, make_engine, mask_url
+from irnn_search.db.session import DatabaseError, describe, is_unusable, make_engine
+from irnn_search.masking import mask_secrets
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -35,7 +36,6 @@ __all__ = [
     "current",
     "downgrade",
     "head",
-    "mask_url",
     "upgrade",
 ]
 
@@ -96,7 +96,7 @@ def _connect(url: str, action: str) -> Iterator[Connection]:
             connection.commit()
     except CommandError as error:
         detail = str(error).strip().splitlines()[0]
-        raise DatabaseError(f"cannot {action} the experiment database at {mask_url(url)}: {detail}") from None
+        raise DatabaseError(f"cannot {action} the experiment database at {mask_secrets(url)}: {detail}") from None
     except Exception as error:
         if is_unusable(error):
             raise describe(url, error, action=action) from None

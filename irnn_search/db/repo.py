@@ -16,9 +16,9 @@ import math
 import socket
 from collections.abc import Collection, Mapping
 from datetime import timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,13 +41,6 @@ class StudySpecChanged(ValueError):
 
 class NotFound(LookupError):
     """A study, worker or trial run named by the caller is not in the experiment database."""
-
-
-class Usage(NamedTuple):
-    #: finished trial runs, not counting interrupted ones (their trial resumes as another run)
-    trials: int
-    #: wall time of all finished runs, interrupted ones included (the device was busy), in hours
-    device_hours: float
 
 
 def _finite(value: float | None) -> float | None:
@@ -178,11 +171,6 @@ def ensure_study(
             "launch may have created it at the same moment: launch again (launching is idempotent)"
         ) from error
     return row
-
-
-def get_study(session: Session, *, study_name: str) -> StudyRow:
-    """The study row; raises :class:`NotFound` (listing known studies) when absent."""
-    return _study(session, study_name)
 
 
 def study_spec(session: Session, *, study_name: str) -> dict[str, Any]:
@@ -361,21 +349,6 @@ def trial_runs(session: Session, *, study_name: str) -> list[TrialRunRow]:
     study = _study(session, study_name)
     query = select(TrialRunRow).where(TrialRunRow.study_id == study.id).order_by(TrialRunRow.trial_number)
     return list(session.scalars(query))
-
-
-def usage(session: Session, *, study_name: str) -> Usage:
-    """Trials finished and device-hours spent by the study (see :class:`Usage`); runs in progress not counted."""
-    study = _study(session, study_name)
-    finished = TrialRunRow.outcome.is_not(None)
-    trials = session.scalar(
-        select(func.count())
-        .select_from(TrialRunRow)
-        .where(TrialRunRow.study_id == study.id, finished, TrialRunRow.outcome != "interrupted")
-    )
-    seconds = session.scalar(
-        select(func.coalesce(func.sum(TrialRunRow.wall_s), 0.0)).where(TrialRunRow.study_id == study.id, finished)
-    )
-    return Usage(trials=int(trials or 0), device_hours=float(seconds or 0.0) / 3600.0)
 
 
 def record_evaluation(session: Session, *, trial_run_id: int, split: str, metrics: Mapping[str, Any]) -> int:

@@ -46,9 +46,6 @@ class DatabaseError(Exception):
     """The experiment database cannot be reached or used; the message is safe to print."""
 
 
-mask_url = mask_secrets  # the one masking rule (irnn_search.masking)
-
-
 def _password(url: str) -> str | None:
     try:
         return make_url(url).password
@@ -64,7 +61,7 @@ def describe(url: str, error: BaseException, *, action: str = "use", hint: str =
     password = _password(url)
     if password:
         detail = detail.replace(password, "***")
-    return DatabaseError(f"cannot {action} the experiment database at {mask_url(url)}: {detail}. {hint}")
+    return DatabaseError(f"cannot {action} the experiment database at {mask_secrets(url)}: {detail}. {hint}")
 
 
 def is_unusable(error: BaseException) -> bool:

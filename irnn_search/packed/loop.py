@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +37,7 @@ from typing import Any
 
 import torch
 
+from irnn_search.checkpoint import TrainError, atomic_save, build_checkpoint, restore_checkpoint, run_identity
 from irnn_search.models.base import RecurrentModel, State
 from irnn_search.packed.families import (
     PackedModel,
@@ -49,23 +49,18 @@ from irnn_search.packed.families import (
 from irnn_search.packed.optim import PackedOptimizer, PackError, optimizer_kind
 from irnn_search.tasks.base import Batch, Task
 
-# train()'s own helpers, so checkpoints and identities are train()'s by construction rather than
-# by a copy that could drift.
+# train()'s own phases, so a member's steps, divergence checks and evaluations are train()'s by
+# construction rather than by a copy that could drift.
 from irnn_search.train import (
-    CHECKPOINT_FORMAT,
     Outcome,
     ProgressHook,
     ReportHook,
     TrainConfig,
-    TrainError,
     TrainResult,
-    _atomic_save,
     _better,
-    _identity,
     _to,
     build_optimizer,
     divergence,
-    load_checkpoint,
 )
 
 log = logging.getLogger(__name__)
@@ -139,30 +134,22 @@ class _Run:
         return self.member.name or f"{self.member.model.family} member"
 
     def save(self, name: str = "last.pt") -> None:
-        """``train()``'s checkpoint, key for key (the carried state is None: no packed task carries one)."""
+        """Write the member's checkpoint (``train()``'s format; no packed task carries a hidden state)."""
         if self.ckpt_dir is None:
             return
-        device = torch.device(self.member.config.device)
-        _atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "identity": self.identity,
-                "step": self.step,
-                "model": self.member.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                },
-                "state": None,
-                "history": self.history,
-                "best": self.best,
-                "train_time": self.train_time,
-                "interval": self.interval,
-            },
-            self.ckpt_dir / name,
+        ckpt = build_checkpoint(
+            identity=self.identity,
+            step=self.step,
+            model=self.member.model,
+            optimizer=self.optimizer,
+            device=torch.device(self.member.config.device),
+            state=None,
+            history=self.history,
+            best=self.best,
+            train_time=self.train_time,
+            interval=self.interval,
         )
+        atomic_save(ckpt, self.ckpt_dir / name)
 
     def result(self, outcome: Outcome, reason: str, error: BaseException | None = None) -> PackedResult:
         done = self.step - self.steps_at_start
@@ -194,18 +181,14 @@ def _start(member: Member) -> _Run:
     optimizer = build_optimizer(model, config)
     optimizer_kind(optimizer)  # PackError now rather than mid-pack
     ckpt_dir = Path(member.checkpoint_dir) if member.checkpoint_dir is not None else None
-    run = _Run(member, optimizer, _identity(task, model, config), ckpt_dir)
+    run = _Run(member, optimizer, run_identity(task, model, config), ckpt_dir)
     if ckpt_dir is not None and member.resume and (ckpt_dir / "last.pt").exists():
-        ckpt = load_checkpoint(ckpt_dir / "last.pt")
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("identity") != run.identity:
-            raise TrainError(
-                f"{ckpt_dir / 'last.pt'} belongs to a different run (task, model or training settings differ); "
-                "use another checkpoint folder or delete it to start over"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        run.step, run.history, run.best = ckpt["step"], ckpt["history"], ckpt["best"]
-        run.train_time, run.interval = ckpt["train_time"], ckpt["interval"]
+        # The global RNG states are not restored: one process trains the whole pack.
+        resumed = restore_checkpoint(
+            ckpt_dir / "last.pt", identity=run.identity, model=model, optimizer=optimizer, device=device, rng=False
+        )
+        run.step, run.history, run.best = resumed.step, resumed.history, resumed.best
+        run.train_time, run.interval = resumed.train_time, resumed.interval
         run.resumed_from = run.step
         log.info("%s: resumed from %s at step %d", run.label, ckpt_dir / "last.pt", run.step)
     run.steps_at_start = run.step

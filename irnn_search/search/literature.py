@@ -1059,15 +1059,6 @@ def map_published(published: Published, model: ModelSpec) -> TrialParams:
     return TrialParams(params, overridden, defaulted, sampled, outside, not_applied)
 
 
-def as_trial_params(published: Published, model: ModelSpec) -> dict[str, Any]:
-    """The Optuna params dict to enqueue for ``published`` (see ``map_published``).
-
-    Raises:
-        NotRepresentable: the setting cannot be expressed in ``model``'s search space.
-    """
-    return map_published(published, model).params
-
-
 def _show(value: Any, name: str) -> str:
     if name == "clip" and value is None:
         return "None (no clipping)"
@@ -1149,7 +1140,6 @@ __all__ = [
     "PublishedResult",
     "TrialParams",
     "WarmStart",
-    "as_trial_params",
     "enqueue_published",
     "map_published",
     "published_results",

@@ -17,7 +17,6 @@ from irnn_search.search.spec import (
     CLIP_OFF,
     CONDITIONAL,
     TRAIN_PARAMS,
-    Choice,
     Fixed,
     FloatRange,
     IntRange,
@@ -37,26 +36,6 @@ def is_active(name: str, optimizer: str) -> bool:
     alpha: RMSprop only; everything else: always)."""
     needed = CONDITIONAL.get(name)
     return needed is None or needed == optimizer
-
-
-def distribution(param: Param) -> optuna.distributions.BaseDistribution:
-    """The Optuna distribution of a searched parameter.
-
-    Raises:
-        ValueError: ``param`` is fixed (fixed values are not Optuna parameters).
-    """
-    if isinstance(param, FloatRange):
-        return optuna.distributions.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
-    if isinstance(param, IntRange):
-        return optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
-    if isinstance(param, Choice):
-        return optuna.distributions.CategoricalDistribution(param.choices)
-    raise ValueError(f"a fixed value ({param.value!r}) has no distribution")
-
-
-def search_space(model: ModelSpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Every parameter Optuna may sample for ``model`` (conditional ones included)."""
-    return {k: distribution(p) for k, p in model.params.items() if not isinstance(p, Fixed)}
 
 
 def _suggest_one(trial: optuna.trial.BaseTrial, name: str, param: Param) -> Any:
@@ -314,10 +293,8 @@ __all__ = [
     "build_pruner",
     "build_sampler",
     "build_train_config",
-    "distribution",
     "is_active",
     "params_to_kwargs",
-    "search_space",
     "suggest",
 ]
 

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from irnn_search.checkpoint import file_digest
 from irnn_search.search.space import PruneGate, build_train_config, suggest
 from irnn_search.search.spec import StudySpec, valid_name
 from irnn_search.service.preflight import EnvironmentProblem, device_problem, environmental
 from irnn_search.service.single import Run, prepare_run
 from irnn_search.service.storage import PACK_SLOTS
 from irnn_search.tracking import Tracker, TrackingError
-from irnn_search.train import TrainResult, file_digest
+from irnn_search.train import TrainResult
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 from irnn_search.db import repo
 from irnn_search.db.migrate import DatabaseError, current, head, upgrade
 from irnn_search.db.session import make_engine, session_scope
+from irnn_search.settings import HEARTBEAT_S
 from irnn_search.version import code_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-HEARTBEAT_S = 10.0
 
 
 class Ledger:

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,18 +65,6 @@ class ModelRow:
 
 
 SMOKE_TASKS = frozenset(SETTINGS_FROM)
-
-
-def _finite(t: FrozenTrial) -> bool:
-    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-
-
-def _best(trials: list[FrozenTrial], direction: str) -> FrozenTrial | None:
-    done = [t for t in trials if _finite(t)]
-    if not done:
-        return None
-    key = (lambda t: t.value) if direction == "minimize" else (lambda t: -t.value)  # type: ignore[operator]
-    return min(done, key=key)
 
 
 def published_numbers(task: str, family: str) -> list[dict[str, Any]]:
@@ -164,10 +151,11 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     appears. Returns None when nothing completed, the task has no test split (smoke tasks), or the
     checkpoint is gone.
     """
+    from irnn_search.checkpoint import CheckpointError, file_digest, load_checkpoint
     from irnn_search.search.space import build_train_config, params_to_kwargs
     from irnn_search.service.attempt import BEST_SHA256
     from irnn_search.service.single import prepare_run
-    from irnn_search.train import CheckpointError, evaluate, file_digest, load_checkpoint
+    from irnn_search.train import evaluate
 
     spec = stored_spec(study)
     best = _best_attempt(study, spec)

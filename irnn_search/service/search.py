@@ -255,9 +255,6 @@ def requeue_released(study: optuna.Study, *, min_age_s: float = 60.0, max_lost: 
     return n
 
 
-requeue_interrupted = requeue_released  # the name tests and older callers use
-
-
 class Janitor:
     """Fails trials whose worker stopped sending heartbeats and re-queues them.
 

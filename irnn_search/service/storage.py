@@ -45,6 +45,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 
 from irnn_search.masking import mask_secrets
+from irnn_search.settings import GRACE_S, HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 RETRY_S = 120.0
-HEARTBEAT_S = 10
-GRACE_S = 30
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 

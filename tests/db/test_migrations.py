@@ -18,7 +18,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from irnn_search.db import migrate
-from irnn_search.db.migrate import DatabaseError, mask_url
+from irnn_search.db.migrate import DatabaseError
+from irnn_search.masking import mask_secrets
 
 POSTGRES_URL = os.environ.get("IRNN_SEARCH_TEST_POSTGRES_URL")
 UNREACHABLE = "postgresql+psycopg://user:secret@127.0.0.1:1/x"
@@ -192,4 +193,4 @@ def test_an_unknown_revision_is_a_database_error(url: str) -> None:
     ],
 )
 def test_mask_url_hides_only_the_password(url: str, masked: str) -> None:
-    assert mask_url(url) == masked
+    assert mask_secrets(url) == masked

@@ -153,7 +153,7 @@ def test_studies_filter_by_spec_and_keep_their_mlflow_ids(engine: Engine) -> Non
     with session_scope(engine) as s:
         assert [r.study_name for r in repo.studies(s, spec_name="copy")] == ["copy.irnn"]
         assert [r.study_name for r in repo.studies(s)] == ["adding.irnn", "copy.irnn"]
-        study = repo.get_study(s, study_name="copy.irnn")
+        (study,) = repo.studies(s, spec_name="copy")
         assert (study.mlflow_experiment_id, study.mlflow_parent_run_id, study.status) == ("7", "abc", "finished")
         assert study.finished_at is not None
 
@@ -242,28 +242,6 @@ def test_foreign_keys_are_enforced(engine: Engine) -> None:
     _study(engine, _launch(engine))
     with pytest.raises(IntegrityError):
         _run(engine, 0, worker_id=999)
-
-
-def test_usage_counts_finished_trials_and_sums_device_hours(engine: Engine) -> None:
-    _study(engine, _launch(engine))
-    _study(engine, _launch(engine), "adding.lstm")
-    _finish(engine, _run(engine, 0), "complete", 3600.0)
-    _finish(engine, _run(engine, 1), "pruned", 1800.0, value=None)
-    _finish(engine, _run(engine, 2), "interrupted", 900.0)  # resumes as trial 4: its time counts, not the trial
-    _run(engine, 3)  # still running
-    _finish(engine, _run(engine, 4), "failed", 360.0, value=math.inf)
-    _finish(engine, _run(engine, 0, study="adding.lstm"), "complete", 7200.0)
-    with session_scope(engine) as s:
-        trials, hours = repo.usage(s, study_name="adding.irnn")
-        assert trials == 3
-        assert hours == pytest.approx(1.85)
-        assert repo.usage(s, study_name="adding.lstm") == (1, pytest.approx(2.0))
-
-
-def test_usage_of_a_study_without_runs_is_zero(engine: Engine) -> None:
-    _study(engine, _launch(engine))
-    with session_scope(engine) as s:
-        assert repo.usage(s, study_name="adding.irnn") == (0, 0.0)
 
 
 def test_an_evaluation_is_stored_per_split_and_non_finite_metrics_become_null(engine: Engine) -> None:

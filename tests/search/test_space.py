@@ -16,10 +16,9 @@ from irnn_search.search.space import (
     build_sampler,
     build_train_config,
     params_to_kwargs,
-    search_space,
     suggest,
 )
-from irnn_search.search.spec import Choice, FloatRange, PrunerSpec, SpecError, StudySpec, parse_spec
+from irnn_search.search.spec import Choice, Fixed, FloatRange, IntRange, PrunerSpec, SpecError, StudySpec, parse_spec
 from irnn_search.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -93,24 +92,32 @@ def test_fixed_values_are_not_optuna_parameters():
     study = optuna.create_study()
     trial = study.ask()
     train_kwargs, model_options = suggest(trial, model)
-    assert set(trial.params) == {"lr_orth", "alpha", "init"} == set(search_space(model))
+    searched = {name for name, param in model.params.items() if not isinstance(param, Fixed)}
+    assert set(trial.params) == {"lr_orth", "alpha", "init"} == searched
     assert train_kwargs["optimizer"] == "rmsprop" and train_kwargs["lr"] == 1e-3
     assert train_kwargs["alpha"] in (0.9, 0.99)  # a fixed optimizer makes alpha unconditional
     assert "momentum" not in train_kwargs
     assert model_options["hidden_size"] == 100 and model_options["init"] in ("henaff", "cayley")
 
 
-def test_search_space_matches_the_suggested_distributions():
+def test_the_suggested_distributions_are_the_specs_ranges_and_choices():
     spec = make_spec()
     model = spec.model("irnn")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: dict[str, optuna.distributions.BaseDistribution] = {}
     for _ in range(20):
         trial = study.ask()
         suggest(trial, model)
-        frozen = study.tell(trial, 1.0)
-        for name, dist in frozen.distributions.items():
-            assert search_space(model)[name] == dist
-    assert search_space(model)["clip"] == optuna.distributions.CategoricalDistribution(("off", 1.0, 10.0, 100.0))
+        seen.update(study.tell(trial, 1.0).distributions)
+    for name, dist in seen.items():
+        param = model.params[name]
+        if isinstance(param, FloatRange):
+            assert dist == optuna.distributions.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+        elif isinstance(param, IntRange):
+            assert dist == optuna.distributions.IntDistribution(param.low, param.high, log=param.log, step=param.step)
+        else:
+            assert isinstance(param, Choice) and dist == optuna.distributions.CategoricalDistribution(param.choices)
+    assert seen["clip"] == optuna.distributions.CategoricalDistribution(("off", 1.0, 10.0, 100.0))
     assert isinstance(model.params["lr"], FloatRange) and isinstance(model.params["clip"], Choice)
 
 

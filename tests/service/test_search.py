@@ -16,7 +16,7 @@ from irnn_search.service.search import (
     SearchError,
     load_studies,
     open_studies,
-    requeue_interrupted,
+    requeue_released,
     usage,
     work,
 )
@@ -183,7 +183,7 @@ def test_an_interrupted_trial_is_requeued_and_resumes_from_its_checkpoint(tmp_pa
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == first.number
     assert retry.params == first.params and retry.user_attrs["lineage"] == first.number
     assert min(retry.intermediate_values) > stopped_at - 10  # it continued, it did not restart
-    assert requeue_interrupted(studies["irnn"]) == 0
+    assert requeue_released(studies["irnn"]) == 0
 
 
 def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_attempts(
@@ -206,7 +206,7 @@ def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_atte
         if outcome is None:
             janitor.on_stale(study, frozen)  # its worker died: a janitor failed it
         else:
-            requeue_interrupted(study, min_age_s=0)  # SIGTERM: released, does not count
+            requeue_released(study, min_age_s=0)  # SIGTERM: released, does not count
         return trial
 
     first = attempt(None)
@@ -223,7 +223,7 @@ def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_atte
     assert last.user_attrs["reason"].startswith("gave up: the worker running this trial died on 3 attempts")
     u = usage(study)
     assert u.failed == 1 and not budget_left(study, spec.model("irnn"), u)  # it counts against the budget
-    assert requeue_interrupted(study, min_age_s=0) == 0  # and nothing re-queues it again
+    assert requeue_released(study, min_age_s=0) == 0  # and nothing re-queues it again
     report = render(rows_for(spec, storage), "md")
     assert f"- irnn trial {last.number}: gave up: the worker running this trial died on 3 attempts" in report
 
@@ -308,6 +308,7 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
 
     (study_obj,) = [optuna.load_study(study_name="tiny.irnn", storage=f"sqlite:///{tmp_path / 'home' / 'optuna.db'}")]
     assert study_obj.metric_names == ["val_mse"]
+    assert usage(study_obj).finished == 3
 
     # Our experiment database: the launches, the study, every trial run with its outcome.
     from irnn_search.db import repo
@@ -319,7 +320,6 @@ def test_launch_end_to_end_with_two_workers_prints_the_report_and_writes_plots(
         runs = repo.trial_runs(session, study_name="tiny.irnn")
         assert len(runs) == 3 and all(r.outcome in ("complete", "pruned", "diverged") for r in runs)
         assert all(r.mlflow_run_id and r.wall_s and r.wall_s > 0 for r in runs)
-        assert repo.usage(session, study_name="tiny.irnn").trials == 3
         best_run = next(r for r in runs if r.trial_number == rows[0]["best_trial"])
         assert "test" in repo.evaluations(session, trial_run_id=best_run.id)
 

@@ -187,24 +187,24 @@ def build_pruner(spec: StudySpec | PrunerSpec) -> optuna.pruners.BasePruner:
     p = spec.pruner if isinstance(spec, StudySpec) else spec
     base = _base_pruner(p)
     if isinstance(spec, StudySpec) and p.options.get("keep_answers", 1) and p.name != "none":
-        threshold, plateau = answer_lines(spec)
-        if threshold is not None or plateau is not None:
-            return AnswerKeepingPruner(base, threshold=threshold, plateau=plateau)
+        threshold, baseline = answer_lines(spec)
+        if threshold is not None or baseline is not None:
+            eta = int(p.options.get("reduction_factor", 2)) if p.name in ("asha", "hyperband") else 2
+            return AnswerKeepingPruner(base, threshold=threshold, baseline=baseline, keep=1 / max(eta, 2))
     return base
 
 
 def answer_lines(spec: StudySpec) -> tuple[float | None, float | None]:
-    """The objective's solve threshold and plateau line (90% of the memoryless baseline), where the
-    task has a threshold on the objective's metric; (None, None) otherwise. Cheap: the tasks that
-    have thresholds (adding, copy) generate their data and load nothing."""
+    """The objective's solve threshold and memoryless baseline, where the task has a threshold on
+    the objective's metric; (None, None) otherwise. Cheap: the tasks that have thresholds (adding,
+    copy) generate their data and load nothing."""
     from irnn_search.tasks import build_task
 
     task = build_task(spec.task, spec.task_options)
     th = task.solve_threshold()
     if th is None or spec.objective != f"val_{th.metric}" or spec.direction != "minimize":
         return None, None
-    baseline = task.baseline().get(th.metric)
-    return th.value, (0.9 * baseline if baseline is not None else None)
+    return th.value, task.baseline().get(th.metric)
 
 
 class AnswerKeepingPruner(optuna.pruners.BasePruner):
@@ -221,16 +221,27 @@ class AnswerKeepingPruner(optuna.pruners.BasePruner):
     - the trial has left the plateau (its latest value below ``plateau``): it is learning, and
       ranking learners against each other threw away an LSTM at 0.0116 that solved 250 steps
       later when re-run alone (scripts/audit_pruning.py on the main job, 2026-12-07);
-    - the trial is still on the plateau and no other trial had left it by the same step: there
-      is nothing to compare it with yet.
+    - the trial is still on the plateau (not worse than twice the baseline: that is a bad trial,
+      left to ``base``), and fewer than ``keep`` (1/η, the fraction ASHA
+      promotes) of the trials that got this far had left it by the same step: some plateau trial
+      would then be promoted and another pruned, and which one is noise. Re-run alone, two of the
+      three IRNN trials pruned on the plateau at step 1,000 of the main job solved at 2,500 and
+      2,750 when one trial leaving the plateau was enough to prune them (2026-12-07).
 
-    So only a trial stuck on the plateau while another has already left it is pruned.
+    So only a trial stuck on the plateau while enough others have left it to fill the promoted
+    fraction is pruned.
     """
 
-    def __init__(self, base: optuna.pruners.BasePruner, *, threshold: float | None, plateau: float | None) -> None:
+    def __init__(
+        self, base: optuna.pruners.BasePruner, *, threshold: float | None, baseline: float | None, keep: float = 0.5
+    ) -> None:
         self.base = base
         self.threshold = threshold
-        self.plateau = plateau
+        # On the plateau: at or above 90% of the baseline, and not worse than twice it (that is a
+        # bad trial, left to ``base``).
+        self.plateau = 0.9 * baseline if baseline is not None else None
+        self.ceiling = 2.0 * baseline if baseline is not None else None
+        self.keep = keep  # the fraction of trials the base pruner promotes at a rung (1 / reduction factor)
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         if not self.base.prune(study, trial):
@@ -243,16 +254,17 @@ class AnswerKeepingPruner(optuna.pruners.BasePruner):
             return False
         if self.plateau is not None and values[step] < self.plateau:
             return False  # learning
+        if self.ceiling is not None and values[step] > self.ceiling:
+            return True  # worse than twice the memoryless baseline: not a plateau, a bad trial
         if self.plateau is not None:
-            others = study.get_trials(deepcopy=False, states=_REPORTING)
-            left = any(
-                v < self.plateau
-                for t in others
-                if t.number != trial.number
-                for s, v in t.intermediate_values.items()
-                if s <= step
-            )
-            return left
+            # The trials that got this far: how many had left the plateau by this step?
+            reached = [
+                t
+                for t in study.get_trials(deepcopy=False, states=_REPORTING)
+                if t.number != trial.number and t.intermediate_values and max(t.intermediate_values) >= step
+            ]
+            left = sum(any(v < self.plateau for s, v in t.intermediate_values.items() if s <= step) for t in reached)
+            return left >= (len(reached) + 1) * self.keep
         return True
 
 

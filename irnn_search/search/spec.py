@@ -105,8 +105,8 @@ SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {
 }
 #: pruner name -> its options and their defaults; "report_every" / "steps" are resolved per spec
 #: ``keep_answers`` (1 = on): on tasks with a solve threshold, only a trial stuck on the memoryless
-#: plateau while another has already left it may be pruned; solved and learning trials never are
-#: (see ``search.space.AnswerKeepingPruner``).
+#: plateau while at least 1/η of the trials that got as far have left it may be pruned; solved and
+#: learning trials never are (see ``search.space.AnswerKeepingPruner``).
 PRUNER_OPTIONS: dict[str, dict[str, Any]] = {
     "asha": {
         "min_resource": "report_every",

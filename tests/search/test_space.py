@@ -266,6 +266,16 @@ def test_a_learning_trial_is_not_ranked_against_faster_learners(keep_answers: bo
     assert learning.should_prune() is not keep_answers
 
 
+def test_a_plateau_trial_is_kept_while_too_few_trials_left_the_plateau_to_fill_the_promoted_half() -> None:
+    study, _ = _asha_study(True)  # reduction factor 2: ASHA promotes half
+    _run_curve(study, {50: 0.166, 100: 0.05})  # one trial left the plateau by step 100
+    for v in (0.160, 0.161):  # two did not
+        _run_curve(study, {50: 0.166, 100: v})
+    late = _run_curve(study, {50: 0.166}, finish=False)
+    late.report(0.165, 100)  # 1 of 4 left: promoting half of them means picking plateau trials by noise
+    assert not late.should_prune()
+
+
 def test_a_plateau_trial_is_pruned_once_another_trial_left_the_plateau_by_that_step() -> None:
     study, _ = _asha_study(True)
     for v in (0.05, 0.06):  # left the plateau (below 0.9 x 1/6 = 0.15) by step 100

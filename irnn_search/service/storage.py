@@ -496,6 +496,34 @@ def _server_storage(url: str, retry_s: float, beat: dict[str, Any]) -> RDBStorag
     return ResilientRDBStorage(url, retry_s=retry_s, engine_kwargs=engine_kwargs, **beat)
 
 
+def check_reachable(url: str, *, timeout_s: int = 10) -> None:
+    """Connect to the Optuna storage at ``url`` and read nothing but ``SELECT 1``: a launch checks
+    every store this way before it writes to any. A SQLite file is local: only its folder must exist
+    (connecting would create the file).
+
+    Raises:
+        Exception: the driver's or SQLAlchemy's error (unreachable, wrong password, no database).
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:" and not Path(database).parent.is_dir():
+            raise FileNotFoundError(f"no folder {Path(database).parent} for the SQLite file {Path(database).name}")
+        return
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        connect_args["connect_timeout"] = timeout_s
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def launch_lock(url: str, key: str, *, timeout_s: float = 120.0) -> Iterator[None]:
     """Serialize launches of ``key`` on one Optuna storage, across processes and machines.

@@ -391,3 +391,16 @@ def test_tell_reads_its_finished_trial_without_a_query_and_equal_to_the_database
     ours.get_trial(other)
     ours.set_trial_state_values(other, TrialState.FAIL)
     assert not ours._fresh
+
+
+@pytest.mark.postgres
+def test_check_reachable_reads_a_live_server_and_raises_for_a_dead_one(tmp_path: Path, pg_database: str) -> None:
+    from irnn_search.service.storage import check_reachable
+
+    check_reachable(pg_database)
+    check_reachable(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert not (tmp_path / "optuna.db").exists()  # a check writes nothing
+    with pytest.raises(FileNotFoundError):
+        check_reachable(f"sqlite:///{tmp_path / 'missing' / 'optuna.db'}")
+    with pytest.raises(sa_exc.OperationalError):
+        check_reachable("postgresql+psycopg://irnn:pw@127.0.0.1:9/x")

@@ -504,12 +504,30 @@ def launch_cmd(
         if (why := spec_memory_problem(spec, device, trials=workers * pack)) is not None:
             raise _fail(f"{spec.name}: {why}")
     _ensure_home(settings, checkpoints=run)
+    # Every store is checked before any is written (a launch half registered in one store is
+    # worse than none), and the error names the store that failed: Optuna's, MLflow (whose
+    # embedded store creates its tables as the tracker opens it), then ours (the Ledger's own
+    # read; the embedded one is migrated there, a local file).
+    from irnn_search.service.storage import check_reachable
+    from irnn_search.tracking import TrackingError
+
+    try:
+        check_reachable(settings.storage_url)
+    except Exception as exc:
+        raise _storage_error(exc, settings.storage_url) from None
     tracker = _tracker(settings, track)
+    if tracker is not None:
+        try:
+            tracker.check()
+        except TrackingError as exc:
+            raise _fail(str(exc), "check IRNN_SEARCH_MLFLOW_URI, or pass --no-track") from None
     ledger = _ledger(settings)
     try:
         studies = open_studies(spec, settings.storage_url, tracker, max_lost=settings.max_lost_attempts)
     except (SearchError, SpecError) as exc:
         raise _fail(str(exc)) from None
+    except TrackingError as exc:  # reachable a moment ago: the error names MLflow, not the storage
+        raise _fail(str(exc), "check IRNN_SEARCH_MLFLOW_URI, or pass --no-track") from None
     except Exception as exc:  # an unreachable or wrong database
         raise _storage_error(exc, settings.storage_url) from None
     try:

@@ -241,6 +241,37 @@ class Tracker:
     def _error(self, what: str, exc: BaseException) -> TrackingError:
         return TrackingError(f"MLflow at {mask_secrets(self.tracking_uri)}: {what} failed: {mask_secrets(str(exc))}")
 
+    def check(self, *, timeout_s: float = 10.0) -> None:
+        """Read from the store once, so that a launch learns it is unreachable before it writes to
+        any store. One try with ``timeout_s``, not MLflow's minutes of HTTP retries.
+
+        Raises:
+            TrackingError: the store cannot be reached or refused the read (names the store).
+        """
+        from mlflow.store.tracking.rest_store import RestStore
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        endpoint = "/api/2.0/mlflow/experiments/search"
+        try:
+            # private; should it move, the client's own call below is the same read, with retries
+            store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+            if isinstance(store, RestStore):
+                response = http_request(
+                    store.get_host_creds(),
+                    endpoint,
+                    "POST",
+                    max_retries=0,
+                    backoff_factor=0,
+                    timeout=timeout_s,
+                    json={"max_results": 1},
+                )
+                verify_rest_response(response, endpoint)
+            else:
+                self.client.search_experiments(max_results=1)
+        except (MlflowException, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"cannot reach MLflow at {mask_uri(self.tracking_uri)}: {mask_uri(first)}") from None
+
     # ----------------------------------------------------------------- experiments and runs
 
     def experiment(self, task: str) -> str:

@@ -238,6 +238,57 @@ def test_launch_finds_a_built_in_spec_and_records_the_code_version(
     assert "nonsense" in runner.invoke(app, args).output
 
 
+UNREACHABLE_PG = "postgresql+psycopg://irnn:s3cret@127.0.0.1:9/x"
+
+
+@pytest.mark.parametrize(
+    ("var", "url", "store"),
+    [
+        ("IRNN_SEARCH_MLFLOW_URI", "http://irnn:s3cret@127.0.0.1:9", "MLflow"),
+        ("IRNN_SEARCH_STORAGE", UNREACHABLE_PG, "Optuna storage"),
+        ("IRNN_SEARCH_DB", UNREACHABLE_PG, "experiment database"),
+    ],
+    ids=["mlflow", "optuna", "db"],
+)
+def test_a_launch_with_an_unreachable_store_registers_nothing_and_names_that_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str, url: str, store: str
+) -> None:
+    import time
+
+    import optuna
+    import sqlalchemy as sa
+
+    from irnn_search.settings import Settings
+
+    for name in ("IRNN_SEARCH_STORAGE", "IRNN_SEARCH_DB", "IRNN_SEARCH_MLFLOW_URI"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("MAX_RETRIES", "TIMEOUT", "BACKOFF_FACTOR"):
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)  # MLflow's defaults: minutes of retries
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(var, url)
+    started = time.monotonic()
+    result = runner.invoke(app, ["launch", "adding-smoke", "--no-run", "--studies-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert time.monotonic() - started < 60  # one quick probe, not MLflow's minutes of retries
+    first = next(line for line in result.output.splitlines() if line.startswith("Error:"))
+    assert store in first and "Traceback" not in result.output and "s3cret" not in result.output, result.output
+    others = {"MLflow", "Optuna storage", "experiment database"} - {store}
+    assert not any(other in first for other in others), result.output
+    # nothing registered in any store that was reachable
+    settings = Settings.from_env()
+    if var != "IRNN_SEARCH_STORAGE" and Path(settings.storage_url.removeprefix("sqlite:///")).exists():
+        assert optuna.get_all_study_names(settings.storage_url) == []
+    db = Path(settings.db_url.removeprefix("sqlite:///"))
+    if var != "IRNN_SEARCH_DB" and db.exists():
+        engine = sa.create_engine(settings.db_url)
+        try:
+            with engine.connect() as conn:
+                tables = sa.inspect(conn).get_table_names()
+                assert "irnn_launches" not in tables or not conn.execute(sa.text("SELECT * FROM irnn_launches")).all()
+        finally:
+            engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

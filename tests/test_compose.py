@@ -37,7 +37,8 @@ ENV_EXAMPLE = ROOT / "docker" / "env.example"
 INIT_SCRIPT = ROOT / "docker" / "postgres-init.sh"
 SCHEMA = ROOT / "tests" / "schemas" / "compose-spec.json"
 
-DEV_PASSWORD = "irnn-dev-password"
+#: the variables Compose refuses to start without (``${X:?message}``), as a test sets them
+SECRETS = {"IRNN_PG_PASSWORD": "roles-s3cret", "IRNN_PG_ADMIN_PASSWORD": "admin-s3cret"}
 DATABASES = {"irnn", "optuna", "mlflow"}
 #: the image's ENTRYPOINT; services that keep it run an irnn-search subcommand
 IMAGE_ENTRYPOINT = ["irnn-search"]
@@ -45,8 +46,13 @@ IMAGE_ENTRYPOINT = ["irnn-search"]
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's variable interpolation (``${X}``, ``${X:-default}``, ``${X-default}``, ``$$``)."""
+class Refused(ValueError):
+    """Compose refuses the file: a required variable (``${X:?message}``) is unset or empty."""
+
+
+def interpolate(value: Any, env: Mapping[str, str] = SECRETS) -> Any:
+    """Compose's variable interpolation (``${X}``, ``${X:-default}``, ``${X-default}``,
+    ``${X:?message}``, ``${X?message}``, ``$$``)."""
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -63,6 +69,8 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
             return env.get(name) or default
         if op == "-":
             return env.get(name, default)
+        if (op == ":?" and not env.get(name)) or (op == "?" and name not in env):
+            raise Refused(f"{name}: {default}")
         return env.get(name, "")
 
     return _VAR.sub(sub, value)
@@ -89,8 +97,9 @@ def raw() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compose(raw: dict[str, Any]) -> dict[str, Any]:
-    """The file as Compose sees it with no .env: every variable at its default."""
-    return interpolate(raw, {})
+    """The file as Compose sees it with a .env that sets only the required passwords: every other
+    variable at its default."""
+    return interpolate(raw, SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +204,7 @@ def test_published_ports_bind_to_localhost_by_default(raw: dict[str, Any], servi
             assert str(raw_port).startswith("${IRNN_BIND:-127.0.0.1}:"), f"{name}: {raw_port} ignores IRNN_BIND"
     assert published >= 4
     # IRNN_BIND moves every one of them
-    lan = interpolate(raw, {"IRNN_BIND": "10.0.0.5"})["services"]
+    lan = interpolate(raw, {**SECRETS, "IRNN_BIND": "10.0.0.5"})["services"]
     assert all(str(p).startswith("10.0.0.5:") for s in lan.values() for p in s.get("ports", []))
 
 
@@ -216,7 +225,9 @@ def test_dependencies_name_existing_services_with_sound_conditions(services: dic
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
-def test_postgres_has_a_healthcheck_a_volume_and_creates_the_three_databases(compose: dict[str, Any]) -> None:
+def test_postgres_has_a_healthcheck_a_volume_and_creates_the_three_databases_each_with_its_owner(
+    compose: dict[str, Any],
+) -> None:
     pg = compose["services"]["postgres"]
     assert pg["image"].startswith("postgres:15")
     assert "pg_isready" in " ".join(as_list(pg["healthcheck"]["test"]))
@@ -230,16 +241,37 @@ def test_postgres_has_a_healthcheck_a_volume_and_creates_the_three_databases(com
     loop = re.search(r"^for db in ([a-z_ ]+); do", text, re.M)
     assert loop and set(loop.group(1).split()) == DATABASES
     assert "CREATE DATABASE" in text and "WHERE NOT EXISTS" in text
+    # one owner role per database, with no power beyond it, and no way into the other databases
+    assert re.search(r"CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS", text)
+    assert "CREATE DATABASE %I OWNER %I', :'db', :'db')" in text
+    assert "REVOKE ALL ON DATABASE %I FROM PUBLIC" in text
+    # the roles' password reaches psql through its environment (\getenv), not its command line
+    assert "\\getenv password IRNN_PG_PASSWORD" in text and "-v password" not in text
     env = env_of(pg)
     assert env["POSTGRES_DB"] == "postgres", "POSTGRES_DB must not pre-create one of the init script's databases"
-    # every PostgreSQL URL of the file points at this service and one of those databases, as its user
+    assert env["POSTGRES_USER"] == "postgres" and env["POSTGRES_PASSWORD"] == SECRETS["IRNN_PG_ADMIN_PASSWORD"]
+    assert env["IRNN_PG_PASSWORD"] == SECRETS["IRNN_PG_PASSWORD"], "the init script needs the roles' password"
+    # every PostgreSQL URL of the file points at this service and one of those databases, as that
+    # database's owner role (never the superuser)
     for name, service in compose["services"].items():
         for key, value in env_of(service).items():
             if value.startswith("postgresql"):
                 url = urlsplit(value)
                 assert (url.hostname, url.port) == ("postgres", 5432), f"{name}.{key}"
-                assert url.path.lstrip("/") in DATABASES, f"{name}.{key}"
-                assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]), f"{name}.{key}"
+                db = url.path.lstrip("/")
+                assert db in DATABASES, f"{name}.{key}"
+                assert (url.username, url.password) == (db, SECRETS["IRNN_PG_PASSWORD"]), f"{name}.{key}"
+                assert url.username != env["POSTGRES_USER"], f"{name}.{key} connects as the superuser"
+
+
+def test_compose_refuses_to_start_without_the_passwords(raw: dict[str, Any]) -> None:
+    for name in SECRETS:
+        for unset in ({k: v for k, v in SECRETS.items() if k != name}, {**SECRETS, name: ""}):
+            with pytest.raises(Refused, match=name):
+                interpolate(raw, unset)
+    for line in COMPOSE.read_text().splitlines():
+        if "PASSWORD" in line and "${" in line and not line.lstrip().startswith("#"):
+            assert re.search(r"\$\{IRNN_PG_(ADMIN_)?PASSWORD:\?set IRNN_PG_(ADMIN_)?PASSWORD", line), line
 
 
 def test_init_script_is_valid_shell() -> None:
@@ -252,13 +284,13 @@ def test_worker_reserves_an_nvidia_gpu_has_replicas_and_time_to_checkpoint(
     worker = services["worker"]
     assert raw["services"]["worker"]["deploy"]["replicas"] == "${IRNN_WORKERS:-1}"
     assert int(worker["deploy"]["replicas"]) == 1
-    assert int(interpolate(raw, {"IRNN_WORKERS": "4"})["services"]["worker"]["deploy"]["replicas"]) == 4
+    assert int(interpolate(raw, {**SECRETS, "IRNN_WORKERS": "4"})["services"]["worker"]["deploy"]["replicas"]) == 4
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"] and int(device["count"]) == 1
     assert as_list(worker["command"])[:3] == ["worker", "--device", "cuda:0"]
     # packing is a knob: one trial at a time unless IRNN_PACK says
     assert as_list(worker["command"])[3:] == ["--pack", "1"]
-    packed = interpolate(raw, {"IRNN_PACK": "16"})["services"]["worker"]
+    packed = interpolate(raw, {**SECRETS, "IRNN_PACK": "16"})["services"]["worker"]
     assert as_list(packed["command"])[3:] == ["--pack", "16"]
     assert worker["restart"] in ("on-failure", "unless-stopped", "always")
     grace = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", worker["stop_grace_period"])
@@ -283,23 +315,18 @@ def test_workers_reach_the_services_by_name(services: dict[str, Any]) -> None:
     assert env_of(mlflow)["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
 
 
-def test_no_literal_secret_but_the_documented_dev_default(raw: dict[str, Any]) -> None:
+def test_no_literal_secret_and_no_default_password(raw: dict[str, Any]) -> None:
     text = COMPOSE.read_text()
-    for line in text.splitlines():
-        if DEV_PASSWORD in line and not line.lstrip().startswith("#"):
-            assert "${IRNN_PG_PASSWORD:-" + DEV_PASSWORD + "}" in line, line
-            assert line.count(DEV_PASSWORD) == line.count("${IRNN_PG_PASSWORD:-" + DEV_PASSWORD + "}"), line
+    assert "irnn-dev-password" not in text and "irnn-dev-password" not in ENV_EXAMPLE.read_text()
     for name, service in raw["services"].items():
         for key, value in env_of(service).items():
             if re.search(r"PASSWORD|SECRET|TOKEN", key):
                 assert value.startswith("${"), f"{name}.{key} is a literal secret"
             if value.startswith("postgresql"):
-                password = urlsplit(interpolate(value, {"IRNN_PG_PASSWORD": "s3cret"})).password
+                password = urlsplit(interpolate(value, {**SECRETS, "IRNN_PG_PASSWORD": "s3cret"})).password
                 assert password == "s3cret", f"{name}.{key}: the password does not come from IRNN_PG_PASSWORD"
-    assert "development" in text.lower() and DEV_PASSWORD in ENV_EXAMPLE.read_text()
     dockerfile = DOCKERFILE.read_text()
     assert not re.search(r"^\s*(ENV|ARG)\b.*(PASSWORD|SECRET|TOKEN|postgresql)", dockerfile, re.M | re.I)
-    assert DEV_PASSWORD not in dockerfile
     ignore = DOCKERIGNORE.read_text().splitlines()
     assert "**" in ignore and not any(line.startswith("!") and ".env" in line for line in ignore), ".env stays out"
 
@@ -311,6 +338,9 @@ def test_every_variable_is_documented_with_its_default(raw: dict[str, Any]) -> N
     used = dict(variables(raw))
     assert set(used) == set(documented), "docker/env.example and docker-compose.yml name different variables"
     for name, default in used.items():
+        if name in SECRETS:  # required: documented without a value, to be filled in
+            assert default is None and documented[name] == "", name
+            continue
         assert default is not None, f"${{{name}}} has no default"
         assert documented[name] == default, f"{name}: env.example says {documented[name]!r}, compose {default!r}"
     # the same default for a variable everywhere it appears

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -398,3 +399,20 @@ def test_an_unreachable_server_buffers_metrics_warns_once_and_sends_them_later(
     assert history == [(20, pytest.approx(1 / 3)), (30, 0.2)]
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["irnn.outcome"]) == ("FINISHED", "complete")
+
+
+def test_check_reads_the_store_once_and_names_mlflow_when_it_is_unreachable(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker.check()  # the embedded store answers
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # MLflow's 7 retries: minutes
+    offline = Tracker("http://irnn:s3cret@127.0.0.1:9", None)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=r"cannot reach MLflow at http://irnn:\*\*\*@127\.0\.0\.1:9") as error:
+        offline.check()
+    assert time.monotonic() - started < 15 and "s3cret" not in str(error.value)
+
+
+@pytest.mark.postgres
+def test_check_passes_on_a_tracking_server(mlflow_server: Any) -> None:
+    Tracker(mlflow_server.uri, None).check()

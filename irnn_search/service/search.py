@@ -259,11 +259,11 @@ class Janitor:
     """Fails trials whose worker stopped sending heartbeats and re-queues them.
 
     Every worker runs one as a thread: every ``interval_s`` it asks Optuna to fail each study's
-    stale trials (RUNNING with no heartbeat for longer than the storage's grace period). Optuna
-    changes a trial's state atomically, so exactly one janitor wins each stale trial and runs
-    ``on_stale`` for it: re-queue it, end its MLflow run as KILLED, mark its run ``lost`` in our
-    database. A trial whose worker died is therefore back in the queue within
-    ``grace + interval`` seconds, whether or not any worker starts a new trial.
+    stale trials (RUNNING with no heartbeat for longer than the storage's grace period). A trial's
+    state changes atomically (on SQLite too: ``storage.HeartbeatRDBStorage``), so exactly one
+    janitor wins each stale trial and runs ``on_stale`` for it: re-queue it, end its MLflow run
+    as KILLED, mark its run ``lost`` in our database. A trial whose worker died is therefore back
+    in the queue within ``grace + interval`` seconds, whether or not any worker starts a new trial.
     """
 
     def __init__(

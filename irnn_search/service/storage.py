@@ -9,7 +9,10 @@
 - **Riding out a restart.** Every storage call that fails because the connection was lost (the
   server restarting, a network blip) is retried with backoff for ``retry_s`` seconds (default 120,
   ``IRNN_SEARCH_DB_RETRY_S``), with one warning per outage. Without this, Optuna's heartbeat
-  thread dies on the first error and a healthy trial would later be declared stale.
+  thread dies on the first error and a healthy trial would later be declared stale. Reads,
+  heartbeats and upserts (attrs, params, intermediate values) are simply repeated; the writes that
+  are not safe to repeat (creating a trial, claiming one, finishing one) are read back first, since
+  the connection may have been lost after their commit (``ResilientRDBStorage._write_once``).
 - **Heartbeats.** A trial's worker records a heartbeat every ``heartbeat_s`` seconds; a RUNNING trial
   whose heartbeat is older than ``grace_s`` is failed by whichever worker looks first (the janitor
   thread of every worker looks every ``heartbeat_s``) and ``on_stale`` re-queues it.
@@ -31,6 +34,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -91,16 +95,55 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 
 class HeartbeatRDBStorage(RDBStorage):
-    """``RDBStorage`` whose stale trials include those that never beat.
+    """``RDBStorage`` whose stale trials include those that never beat, and whose state changes
+    are atomic on SQLite too.
 
     Optuna's ``_get_stale_trial_ids`` skips a RUNNING trial with no heartbeat row, so a worker
     killed between ``ask`` and its trial's first beat (wider in a pack) left the trial RUNNING for
     ever. Such a trial is stale here once it started more than the grace period ago.
+
+    ``set_trial_state_values`` reads the trial ``FOR UPDATE`` and refuses a change from a state
+    that does not allow it; that is what makes "exactly one janitor fails a stale trial" and
+    "exactly one worker starts a waiting trial" hold. SQLite has no ``FOR UPDATE`` and its
+    default transaction begins at the first write, so two processes both read RUNNING (or
+    WAITING), both wrote, and both won: a stale trial was re-queued twice, a queued one run twice.
+    On SQLite that call's transaction therefore begins ``IMMEDIATE`` (the database's write lock
+    is taken before the read, so the second reads what the first wrote).
     """
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         ids: list[int] = super()._get_stale_trial_ids(study_id)
         return ids + [i for i in _never_beat(self, study_id) if i not in ids]
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        with _write_locked(self):
+            return bool(super().set_trial_state_values(trial_id, state, values))
+
+
+#: set while this thread runs a call whose SQLite transaction must begin IMMEDIATE
+_immediate = threading.local()
+
+
+def _begin_immediate(connection: Any) -> None:
+    if getattr(_immediate, "on", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite then issues no BEGIN of its own
+
+
+@contextlib.contextmanager
+def _write_locked(storage: RDBStorage) -> Iterator[None]:
+    """Transactions this thread begins on ``storage`` inside the block take SQLite's write lock
+    first (waiting up to the connection's busy timeout); other databases are left alone."""
+    if storage.engine.dialect.name != "sqlite":
+        yield
+        return
+    # registered here, not in __init__: an unpickled storage has a new engine
+    if not sa_event.contains(storage.engine, "begin", _begin_immediate):
+        sa_event.listen(storage.engine, "begin", _begin_immediate)
+    _immediate.on = True
+    try:
+        yield
+    finally:
+        _immediate.on = False
 
 
 def _never_beat(storage: RDBStorage, study_id: int) -> list[int]:
@@ -155,15 +198,29 @@ class ResilientRDBStorage(HeartbeatRDBStorage):
         self._fresh, self._mine, self._last_read = {}, {}, {}
 
     # -- the new trial, read back once without a query --------------------------------------------
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._create_new_trial(study_id, template_trial)._trial_id
+
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        """Optuna's, remembering a blank new trial for the read ``study.ask()`` makes next.
+        """Optuna's, created once however often the connection is lost, and remembering a blank
+        new trial for the read ``study.ask()`` makes next.
+
+        The new trial carries a random token (system attr ``CREATE_TOKEN``): after a lost
+        connection the token tells whether the insert was committed (then that trial is the
+        answer) or not (then it is inserted again). A blind retry had created a second trial (a
+        duplicate queued setting, or an orphan RUNNING trial).
 
         ``ask`` creates the trial and at once reads it back whole (``Trial.__init__`` calls
         ``get_trial``): 1 + 5 queries and a commit, for a trial that has no params, values or
         attributes yet and that this process alone knows. That first read is served from here;
         any write to the trial before it forgets the copy, and a later read goes to the database.
         """
-        frozen: FrozenTrial = _create_new_trial(self, study_id, template_trial)
+        template = _with_token(template_trial)
+        token = template.system_attrs[CREATE_TOKEN]
+        frozen: FrozenTrial = self._write_once(
+            lambda: RDBStorage._create_new_trial(self, study_id, template),
+            lambda: _created(self, study_id, token),
+        )
         if template_trial is None:
             self._keep(frozen._trial_id, copy.deepcopy(frozen))
             self._own(frozen._trial_id)
@@ -179,7 +236,16 @@ class ResilientRDBStorage(HeartbeatRDBStorage):
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        """Optuna's, remembering the finished trial for the read ``study.tell()`` makes next.
+        """Optuna's, not repeated blindly after a lost connection, and remembering the finished
+        trial for the read ``study.tell()`` makes next.
+
+        After a lost connection the trial is read back (``_state_landed``): already in the target
+        finished state means the write was committed (done; a blind retry raised
+        ``UpdateFinishedTrialError`` and crashed the worker); finished otherwise means another
+        process finished it (Optuna's error); unchanged means it was not, and it is written again.
+        A claim (WAITING -> RUNNING) writes a random token with the state (``CLAIM_TOKEN``), so a
+        trial found RUNNING is this process's when it holds its token (a blind retry refused it
+        as taken, and the queued setting sat RUNNING, unbeaten, until the janitor re-queued it).
 
         ``tell`` reads the trial, writes its state and values, and reads it whole again to return
         it: 1 + 5 queries and a commit. When the first read was of a trial this process runs and
@@ -192,7 +258,17 @@ class ResilientRDBStorage(HeartbeatRDBStorage):
         written: dict[int, Any] = {}
         _completion.written = written
         try:
-            ok = bool(_set_trial_state_values(self, trial_id, state, values))
+            if state == TrialState.RUNNING and values is None:
+                token = uuid.uuid4().hex
+                claim, claimed = (lambda: _claim(self, trial_id, token)), (lambda: _claimed(self, trial_id, token))
+                ok = bool(self._write_once(claim, claimed))
+            else:
+                ok = bool(
+                    self._write_once(
+                        lambda: HeartbeatRDBStorage.set_trial_state_values(self, trial_id, state, values),
+                        lambda: _state_landed(self, trial_id, state),
+                    )
+                )
         finally:
             _completion.written = None
         if ok and state == TrialState.RUNNING:
@@ -206,6 +282,41 @@ class ResilientRDBStorage(HeartbeatRDBStorage):
                 done.datetime_complete = written[trial_id]
                 self._keep(trial_id, done)
         return ok
+
+    def _write_once(self, write: Callable[[], Any], landed: Callable[[], Any]) -> Any:
+        """``write()``, which is not safe to repeat; when the connection is lost during it,
+        ``landed()`` (a read, retried through the outage) says whether it was committed after all:
+        its result is then the answer; ``NOT_LANDED``: the write is made again. Bounded by
+        ``retry_s`` like every other call."""
+        deadline: float | None = None
+        delay = 0.25
+        while True:
+            try:
+                out = write()
+            except Exception as error:
+                if not connection_lost(error):
+                    raise
+                deadline = self._outage(error, deadline)
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise error
+                    time.sleep(min(delay, left))
+                    delay = min(delay * 2, 5.0)
+                    try:
+                        found = landed()
+                        break
+                    except Exception as read_error:
+                        if not connection_lost(read_error):
+                            raise
+                self._recovered()
+                if found is not NOT_LANDED:
+                    log.warning("a write lost with its connection had been committed: not repeated")
+                    return found
+                continue
+            if deadline is not None or self._outage_since is not None:
+                self._recovered()
+            return out
 
     def _keep(self, trial_id: int, frozen: FrozenTrial) -> None:
         if len(self._fresh) > 64:  # kept and never read (an ask or tell that failed): stay bounded
@@ -273,6 +384,102 @@ class ResilientRDBStorage(HeartbeatRDBStorage):
             if now - at > 10 * grace:
                 self._beating.pop(tid, None)
         return [i for i in ids if now - self._beating.get(i, -math.inf) > grace]
+
+
+#: system attr of every trial a ``ResilientRDBStorage`` creates: a random token that finds the
+#: trial again when the connection was lost during its insert
+CREATE_TOKEN = "irnn_search:create_token"
+#: system attr a claim (WAITING -> RUNNING) writes with the state, to know it again likewise
+CLAIM_TOKEN = "irnn_search:claim_token"
+#: ``landed()`` of ``ResilientRDBStorage._write_once``: the write was not committed
+NOT_LANDED = object()
+
+
+def _with_token(template: FrozenTrial | None) -> FrozenTrial:
+    """A copy of ``template`` (a blank RUNNING trial started now for None, as Optuna makes for
+    ``ask``) with a fresh ``CREATE_TOKEN``."""
+    from datetime import datetime
+
+    if template is None:
+        out = FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
+        )
+    else:
+        out = copy.deepcopy(template)
+    out.system_attrs[CREATE_TOKEN] = uuid.uuid4().hex
+    return out
+
+
+def _created(storage: RDBStorage, study_id: int, token: str) -> Any:
+    """The trial of ``study_id`` created with ``token``, or ``NOT_LANDED``."""
+    import json
+
+    from sqlalchemy import select
+
+    t, attr = _rdb_models.TrialModel, _rdb_models.TrialSystemAttributeModel
+    query = (
+        select(t.trial_id)
+        .join(attr, attr.trial_id == t.trial_id)
+        .where(t.study_id == study_id, attr.key == CREATE_TOKEN, attr.value_json == json.dumps(token))
+    )
+    with storage.engine.connect() as connection:
+        found = connection.execute(query).scalar()
+    return NOT_LANDED if found is None else RDBStorage.get_trial(storage, int(found))
+
+
+def _claim(storage: RDBStorage, trial_id: int, token: str) -> bool:
+    """Optuna's WAITING -> RUNNING (``set_trial_state_values``), also writing ``token`` as the
+    trial's ``CLAIM_TOKEN`` in the same transaction."""
+    from datetime import datetime
+
+    from optuna.storages._rdb.storage import _create_scoped_session  # private: pinned optuna
+    from sqlalchemy import exc as sa_exc
+
+    try:
+        with _write_locked(storage), _create_scoped_session(storage.scoped_session) as session:
+            trial = _rdb_models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            current: TrialState = trial.state  # type: ignore[assignment]  # Optuna's models are untyped Columns
+            storage.check_trial_is_updatable(trial_id, current)
+            if current != TrialState.WAITING:
+                return False
+            trial.state = TrialState.RUNNING
+            trial.datetime_start = datetime.now()
+            storage._set_trial_attr_without_commit(
+                session, _rdb_models.TrialSystemAttributeModel, trial_id, CLAIM_TOKEN, token
+            )
+    except sa_exc.IntegrityError:
+        return False
+    return True
+
+
+def _claimed(storage: RDBStorage, trial_id: int, token: str) -> Any:
+    """After a claim of ``trial_id`` was lost: True when the trial holds ``token`` (this claim was
+    committed), ``NOT_LANDED`` while it waits, else False (another process took it)."""
+    trial = RDBStorage.get_trial(storage, trial_id)
+    if trial.system_attrs.get(CLAIM_TOKEN) == token:
+        return True
+    return NOT_LANDED if trial.state == TrialState.WAITING else False
+
+
+def _state_landed(storage: RDBStorage, trial_id: int, state: TrialState) -> Any:
+    """After a write of finished ``state`` to ``trial_id`` was lost: True when the trial is in
+    ``state`` (the write was committed), ``NOT_LANDED`` when it is unchanged,
+    ``UpdateFinishedTrialError`` when another process finished it otherwise."""
+    current = RDBStorage.get_trial(storage, trial_id).state
+    if current == state:
+        return True
+    storage.check_trial_is_updatable(trial_id, current)  # finished otherwise: Optuna's error
+    return NOT_LANDED
 
 
 def _retrying(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -406,7 +613,14 @@ _NOT_WRAPPED = ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback")
 #: private methods Optuna's own cache layer (``_CachedStorage``) calls on its backend
 _PRIVATE_CALLED = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials", "_get_stale_trial_ids")
 #: defined on the class; they call the retrying originals
-_OWN = ("record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "get_trial", "set_trial_state_values")
+_OWN = (
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+    "create_new_trial",
+    "_create_new_trial",
+    "get_trial",
+    "set_trial_state_values",
+)
 
 
 def _forgetting(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -431,9 +645,7 @@ for _name, _fn in list(vars(RDBStorage).items()):
 ResilientRDBStorage.trial_groups = _retrying(_trial_groups)  # type: ignore[attr-defined]  # retried like the rest
 _record_heartbeat = _retrying(RDBStorage.record_heartbeat)
 _get_stale_trial_ids = _retrying(HeartbeatRDBStorage._get_stale_trial_ids)
-_create_new_trial = _retrying(RDBStorage._create_new_trial)
 _get_trial = _retrying(RDBStorage.get_trial)
-_set_trial_state_values = _retrying(RDBStorage.set_trial_state_values)
 
 
 # The completion time Optuna writes in ``set_trial_state_values`` (``datetime.now()``, stored as
@@ -493,6 +705,34 @@ def _server_storage(url: str, retry_s: float, beat: dict[str, Any]) -> RDBStorag
     if url.startswith("postgresql") and "connect_timeout" not in url:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     return ResilientRDBStorage(url, retry_s=retry_s, engine_kwargs=engine_kwargs, **beat)
+
+
+def check_reachable(url: str, *, timeout_s: int = 10) -> None:
+    """Connect to the Optuna storage at ``url`` and read nothing but ``SELECT 1``: a launch checks
+    every store this way before it writes to any. A SQLite file is local: only its folder must exist
+    (connecting would create the file).
+
+    Raises:
+        Exception: the driver's or SQLAlchemy's error (unreachable, wrong password, no database).
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:" and not Path(database).parent.is_dir():
+            raise FileNotFoundError(f"no folder {Path(database).parent} for the SQLite file {Path(database).name}")
+        return
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql") and "connect_timeout" not in url:
+        connect_args["connect_timeout"] = timeout_s
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager

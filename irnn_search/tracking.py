@@ -270,7 +270,8 @@ class Tracker:
                 self.client.search_experiments(max_results=1)
         except (MlflowException, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"cannot reach MLflow at {mask_uri(self.tracking_uri)}: {mask_uri(first)}") from None
+            where = mask_secrets(self.tracking_uri)
+            raise TrackingError(f"cannot reach MLflow at {where}: {mask_secrets(first)}") from None
 
     # ----------------------------------------------------------------- experiments and runs
 

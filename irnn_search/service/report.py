@@ -50,6 +50,7 @@ class ModelRow:
     threshold_rule: str | None = None
     solved: bool | None = None  # None where the task has no threshold
     solved_trials: int = 0
+    started: int = 0  # trials that ran (the solved fraction's denominator)
     solved_fraction: float | None = None
     steps_to_solve: int | None = None  # first step at which the best trial crossed the threshold
     fastest_solve: int | None = None
@@ -125,6 +126,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         threshold_rule=a.threshold_rule,
         solved=a.solved,
         solved_trials=a.solved_count,
+        started=a.started,
         solved_fraction=a.solved_fraction,
         steps_to_solve=a.steps_to_solve,
         fastest_solve=a.fastest_solve,
@@ -268,8 +270,7 @@ def render(rows: list[ModelRow], fmt: str, *, spec: StudySpec | None = None) -> 
 def _fraction(r: ModelRow) -> str:
     if r.solved_fraction is None:
         return "–"
-    started = round(r.solved_trials / r.solved_fraction) if r.solved_fraction else None
-    return f"{r.solved_trials}/{started} ({r.solved_fraction:.0%})" if started else f"0 ({r.solved_fraction:.0%})"
+    return f"{r.solved_trials}/{r.started} ({r.solved_fraction:.0%})"
 
 
 def _verdict(rows: list[ModelRow]) -> list[str]:
@@ -344,7 +345,7 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
         pub = _fmt(r.published_settings_value)
         if r.published_settings_label:
             pub += f" ({r.published_settings_label})"
-        solved = "–" if r.solved is None else ("yes" if r.solved else "no")
+        solved = "–" if r.solved is None or not r.started else ("yes" if r.solved else "no")
         to_solve = f"{r.steps_to_solve:,}" if r.steps_to_solve is not None else "–"
         lines.append(
             f"| {r.model} | {solved} | {to_solve} | {_fraction(r)} | {_fmt(r.best_value)} | {r.best_ended or '–'} "

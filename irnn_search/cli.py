@@ -573,6 +573,7 @@ def launch_cmd(
         heartbeat=(settings.heartbeat_s, settings.grace_s),
         pack=pack,
         max_lost=settings.max_lost_attempts,
+        retry_s=settings.db_retry_s,
     )
     from rich.live import Live
 

@@ -834,6 +834,7 @@ def worker_process(
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
     pack: int = 1,
     max_lost: int = MAX_LOST,
+    retry_s: float = RETRY_S,
 ) -> None:
     """Entry point of a local worker process (``launch --workers N``): ``threads`` torch threads, quiet logs,
     SIGINT/SIGTERM stop after the current step with a checkpoint."""
@@ -869,6 +870,7 @@ def worker_process(
         tracker=tracker,
         ledger=ledger,
         max_lost=max_lost,
+        retry_s=retry_s,
     )
     for name, why in unfit_studies({n: stored_spec(s) for n, s in studies.items()}, device).items():
         log.warning("study %s: this worker takes none of its trials: %s", name, why)
@@ -945,6 +947,7 @@ def start_workers(
     heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S),
     pack: int = 1,
     max_lost: int = MAX_LOST,
+    retry_s: float = RETRY_S,
 ) -> list[Any]:
     """Spawn ``workers`` local worker processes (spawn context: no forked torch or DB state)."""
     import multiprocessing as mp
@@ -967,6 +970,7 @@ def start_workers(
                 heartbeat,
                 pack,
                 max_lost,
+                retry_s,
             ),
             name=f"irnn-search-worker-{i}",
         )

@@ -421,3 +421,40 @@ def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_r
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == in_flight.number)
     assert retry.state == TrialState.COMPLETE
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker set-up was written twice and the copies drifted: `launch --workers N` spawned
+    # workers that ignored IRNN_SEARCH_DB_RETRY_S. Both the spawn and the worker now pass it on.
+    import signal
+
+    from irnn_search.service import search
+
+    spawned: list[tuple] = []
+
+    class Ctx:
+        def Process(self, target, args, name):
+            spawned.append(args)
+            return type("P", (), {"start": lambda self: None})()
+
+    monkeypatch.setattr("multiprocessing.get_context", lambda kind: Ctx())
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IRNN_SEARCH_DB_RETRY_S", "7")
+    for var in ("IRNN_SEARCH_STORAGE", "IRNN_SEARCH_DB", "IRNN_SEARCH_MLFLOW_URI"):
+        monkeypatch.delenv(var, raising=False)
+    result = CliRunner().invoke(app, ["launch", str(_spec(tmp_path)), "--workers", "2", "--no-report"])
+    assert len(spawned) == 2, result.output
+    assert all(args[-1] == 7 for args in spawned)
+
+    seen: dict[str, object] = {}
+
+    def open_for_work(storage_url: str, names: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(search, "open_for_work", open_for_work)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    monkeypatch.setattr(search, "watch_parent", lambda *a: None)
+    with pytest.raises(SystemExit):
+        search.worker_process(*spawned[0])
+    assert seen["retry_s"] == 7

@@ -136,11 +136,16 @@ def landscapes(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLin
               for k, lins in panels]  # fmt: skip
     if not any(lins for _, lins in panels):
         return None
+    ncols = min(4, len(panels))  # a grid, so seven models stay readable
+    nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(3.6 * len(panels), 3.6), constrained_layout=True, squeeze=False, sharey=True
+        nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), constrained_layout=True, squeeze=False, sharey=True
     )
+    flat = list(axes.flat)
+    for ax in flat[len(panels) :]:
+        ax.set_visible(False)
     ys_all: list[float] = []
-    for ax, (key, lins) in zip(axes[0], panels, strict=True):
+    for ax, (key, lins) in zip(flat, panels, strict=False):
         by = "clip" if any("clip" in lin.params for lin in lins) else "optimizer"
         groups = sorted({str(lin.params.get(by, "–")) for lin in lins})
         for gi, g in enumerate(groups):
@@ -163,8 +168,9 @@ def landscapes(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLin
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel(f"best {spec.objective} reached")
-    _log_y(axes[0][0], ys_all, spec)
+    for row in axes:
+        row[0].set_ylabel(f"best {spec.objective} reached")
+    _log_y(flat[0], ys_all, spec)
     fig.suptitle(f"{spec.name}: where each model works (marker: how the trial ended)", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)

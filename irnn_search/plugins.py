@@ -79,4 +79,34 @@ def refresh() -> None:
     _warn_clash.cache_clear()
 
 
-__all__ = ["MODELS_GROUP", "TASKS_GROUP", "origin", "plugins", "refresh"]
+__all__ = ["MODELS_GROUP", "TASKS_GROUP", "load_class", "origin", "plugins", "refresh"]
+
+
+def load_class(
+    group: str,
+    builtin: Iterable[str],
+    name: str,
+    *,
+    base: type,
+    base_path: str,
+    attr: str,
+    error: type[Exception],
+    valid: Iterable[str],
+) -> type:
+    """The class a plugin registers under ``name`` in ``group``, checked: it loads, subclasses
+    ``base`` (``base_path`` in messages) and says ``attr = name``. Any failure is ``error`` naming
+    the distribution; an unknown name lists ``valid``."""
+    kind = "task" if group == TASKS_GROUP else "model"
+    ep = plugins(group, builtin).get(name)
+    if ep is None:
+        raise error(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+    where = f"{kind} {name!r} ({ep.value}, from {origin(ep)})"
+    try:
+        loaded = ep.load()
+    except Exception as exc:  # any import-time error of someone else's package
+        raise error(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(loaded, type) and issubclass(loaded, base)):
+        raise error(f"{where} is not a subclass of {base_path}")
+    if getattr(loaded, attr, None) != name:
+        raise error(f"{where} has {attr} = {getattr(loaded, attr, None)!r}: it must equal the entry point's name")
+    return loaded

@@ -51,21 +51,16 @@ def model_class(name: str) -> type[RecurrentModel]:
     """
     if name in MODELS:
         return MODELS[name]
-    ep = plugins.plugins(plugins.MODELS_GROUP, MODELS).get(name)
-    if ep is None:
-        raise ModelError(f"unknown model {name!r}; valid models: {', '.join(model_names())}")
-    where = f"model {name!r} ({ep.value}, from {plugins.origin(ep)})"
-    try:
-        loaded = ep.load()
-    except Exception as exc:  # any import-time error of someone else's package
-        raise ModelError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from exc
-    if not (isinstance(loaded, type) and issubclass(loaded, RecurrentModel)):
-        raise ModelError(f"{where} is not a subclass of irnn_search.models.RecurrentModel")
-    if getattr(loaded, "family", None) != name:
-        raise ModelError(
-            f"{where} has family = {getattr(loaded, 'family', None)!r}: it must equal the entry point's name"
-        )
-    return loaded
+    return plugins.load_class(  # type: ignore[no-any-return]
+        plugins.MODELS_GROUP,
+        MODELS,
+        name,
+        base=RecurrentModel,
+        base_path="irnn_search.models.RecurrentModel",
+        attr="family",
+        error=ModelError,
+        valid=model_names(),
+    )
 
 
 def build_model(

@@ -42,19 +42,16 @@ def task_class(name: str) -> type[Task]:
     if name in _TASKS:
         module, cls = _TASKS[name].split(":")
         return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
-    ep = plugins.plugins(plugins.TASKS_GROUP, TASK_NAMES).get(name)
-    if ep is None:
-        raise TaskError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
-    where = f"task {name!r} ({ep.value}, from {plugins.origin(ep)})"
-    try:
-        loaded = ep.load()
-    except Exception as exc:  # any import-time error of someone else's package
-        raise TaskError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}") from exc
-    if not (isinstance(loaded, type) and issubclass(loaded, Task)):
-        raise TaskError(f"{where} is not a subclass of irnn_search.tasks.Task")
-    if getattr(loaded, "name", None) != name:
-        raise TaskError(f"{where} has name = {getattr(loaded, 'name', None)!r}: it must equal the entry point's name")
-    return loaded
+    return plugins.load_class(  # type: ignore[no-any-return]
+        plugins.TASKS_GROUP,
+        TASK_NAMES,
+        name,
+        base=Task,
+        base_path="irnn_search.tasks.Task",
+        attr="name",
+        error=TaskError,
+        valid=task_names(),
+    )
 
 
 def build_task(

@@ -164,7 +164,9 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     if best is None:
         return None
     cached = study.user_attrs.get("test_eval")
-    if cached and cached.get("trial") == best.number:
+    # A running (or resumed) trial may improve: the cache holds for one best checkpoint, by step.
+    best_step = answer(study, spec, TaskLines(None, None, None)).best_step
+    if cached and cached.get("trial") == best.number and cached.get("step") == best_step:
         return dict(cached)
     model_spec = spec.model(study.user_attrs["model"])
     train_kwargs, model_options = params_to_kwargs(model_spec, best.params)

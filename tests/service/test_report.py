@@ -48,3 +48,15 @@ def test_a_planted_best_checkpoint_is_not_evaluated_and_never_runs(
         assert evaluate_best(study) is None
     assert not (tmp_path / "ran").exists()
     assert ("SHA-256 differs" if digest_recorded else "was refused") in caplog.text
+
+
+def test_the_cached_test_value_is_recomputed_when_the_best_trial_improved(study_and_best) -> None:  # type: ignore[no-untyped-def]
+    # The adding study's report showed the test MSE of an LSTM's earlier best checkpoint after the
+    # same trial had improved: the cache was keyed by trial only.
+    study, _ = study_and_best
+    first = evaluate_best(study)
+    assert first is not None
+    stale = {**first, "step": first["step"] - 10, "metrics": {"mse": 123.0, "loss": 123.0}}
+    study.set_user_attr("test_eval", stale)  # what an evaluation of an earlier best left behind
+    again = evaluate_best(study)
+    assert again is not None and again["metrics"] == first["metrics"] and again["step"] == first["step"]

@@ -10,6 +10,7 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -998,28 +999,14 @@ def db_current() -> None:
 @app.command("tasks")
 def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable listing")] = False) -> None:
     """List the benchmark tasks and their options."""
-    from irnn_search.options import describe_options
     from irnn_search.tasks import TaskError, task_class, task_names
 
-    rows = []
-    for name in task_names():
-        try:
-            cls = task_class(name)
-        except TaskError as exc:  # a broken plugin: say so, and list the others
-            _console(stderr=True).print(f"[red]{exc}[/]")
-            continue
-        rows.append(
-            {
-                "name": name,
-                "description": cls.description,
-                "metric": cls.metric,
-                "direction": cls.direction,
-                "batch_size": cls.default_batch_size,
-                "options": [
-                    {"name": n, "type": t, "default": d, "help": h} for n, t, d, h in describe_options(cls.config_cls)
-                ],
-            }
-        )
+    rows = _registry_rows(
+        task_names(),
+        task_class,
+        TaskError,
+        lambda cls: {"metric": cls.metric, "direction": cls.direction, "batch_size": cls.default_batch_size},
+    )
     _print_listing(rows, as_json, extra=("metric", "direction", "batch_size"))
 
 
@@ -1027,25 +1014,28 @@ def tasks_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-read
 def models_cmd(as_json: Annotated[bool, typer.Option("--json", help="machine-readable listing")] = False) -> None:
     """List the model families and their options."""
     from irnn_search.models import ModelError, model_class, model_names
+
+    rows = _registry_rows(model_names(), model_class, ModelError, lambda cls: {})
+    _print_listing(rows, as_json, extra=())
+
+
+def _registry_rows(
+    names: Any, load: Callable[[str], Any], error: type[Exception], extra: Callable[[Any], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One listing row per registered task or model family; a broken plugin is reported on stderr
+    and the others are still listed."""
     from irnn_search.options import describe_options
 
     rows = []
-    for name in model_names():
+    for name in names:
         try:
-            cls = model_class(name)
-        except ModelError as exc:  # a broken plugin: say so, and list the others
+            cls = load(name)
+        except error as exc:
             _console(stderr=True).print(f"[red]{exc}[/]")
             continue
-        rows.append(
-            {
-                "name": name,
-                "description": cls.description,
-                "options": [
-                    {"name": n, "type": t, "default": d, "help": h} for n, t, d, h in describe_options(cls.config_cls)
-                ],
-            }
-        )
-    _print_listing(rows, as_json, extra=())
+        options = [{"name": n, "type": t, "default": d, "help": h} for n, t, d, h in describe_options(cls.config_cls)]
+        rows.append({"name": name, "description": cls.description, **extra(cls), "options": options})
+    return rows
 
 
 def _print_listing(rows: list[dict[str, Any]], as_json: bool, extra: tuple[str, ...]) -> None:

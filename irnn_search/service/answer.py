@@ -149,8 +149,19 @@ class Answer:
     below_baseline: float | None  # baseline / best value (how many times below it), minimize only
 
 
-def _better(direction: str, a: float, b: float | None) -> bool:
+def better(direction: str, a: float, b: float | None) -> bool:
+    """Whether ``a`` beats ``b`` (None: nothing yet) in ``direction``."""
     return b is None or (a < b if direction == "minimize" else a > b)
+
+
+def top_lineage(lins: list[Lineage], direction: str, source: str | None = None) -> Lineage | None:
+    """The lineage that reached the best value (of ``source`` only, when given)."""
+    top, top_v = None, None
+    for lin in lins:
+        v, _ = lin.best(direction)
+        if v is not None and (source is None or lin.source == source) and better(direction, v, top_v):
+            top, top_v = lin, v
+    return top
 
 
 def answer(study: optuna.Study, spec: StudySpec, lines: TaskLines | None = None) -> Answer:
@@ -161,25 +172,14 @@ def answer(study: optuna.Study, spec: StudySpec, lines: TaskLines | None = None)
     # Every configuration that ran counts, a trial that diverged before its first report included;
     # one still running counts once it has reported.
     started = [lin for lin in lins if lin.curve or lin.final is not None or lin.ended not in ("waiting", "running")]
-    best: Lineage | None = None
-    best_v: float | None = None
-    best_s: int | None = None
-    pub: Lineage | None = None
-    pub_v: float | None = None
+    best = top_lineage(lins, direction)
+    best_v, best_s = best.best(direction) if best is not None else (None, None)
+    pub = top_lineage(lins, direction, "published")
+    pub_v = pub.best(direction)[0] if pub is not None else None
     endings: dict[str, int] = {}
-    solved_steps = []
     for lin in lins:
         endings[lin.ended] = endings.get(lin.ended, 0) + 1
-        v, s = lin.best(direction)
-        if v is None:
-            continue
-        if _better(direction, v, best_v):
-            best, best_v, best_s = lin, v, s
-        if lin.source == "published" and _better(direction, v, pub_v):
-            pub, pub_v = lin, v
-        at = lin.solved_at(lines.threshold)
-        if at is not None:
-            solved_steps.append(at)
+    solved_steps = [at for lin in lins if (at := lin.solved_at(lines.threshold)) is not None]
     has_threshold = lines.threshold is not None
     solved = bool(solved_steps) if has_threshold else None
     below = None

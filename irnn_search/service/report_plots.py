@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from irnn_search.search.spec import StudySpec
-from irnn_search.service.answer import Lineage, TaskLines, lineages, task_lines
+from irnn_search.service.answer import TaskLines, better, lineages, task_lines, top_lineage
 from irnn_search.service.report import spec_studies
 
 #: how each lineage ending is drawn on the landscape plots
@@ -43,10 +43,6 @@ def _finish(fig: Any, ax: Any, path: Path) -> Path:
     return path
 
 
-def _better(spec: StudySpec, a: float, b: float | None) -> bool:
-    return b is None or (a < b if spec.direction == "minimize" else a > b)
-
-
 def best_vs_compute(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLines, path: Path) -> Path:
     """Best value reached so far against device-hours, per model (a step per lineage, in the order
     the lineages ended; a lineage counts whatever its ending)."""
@@ -60,7 +56,7 @@ def best_vs_compute(spec: StudySpec, studies: dict[str, optuna.Study], lines: Ta
         for lin in lins:
             hours += lin.device_s / 3600
             v, _ = lin.best(spec.direction)
-            if v is not None and _better(spec, v, best):
+            if v is not None and better(spec.direction, v, best):
                 best = v
             if best is not None:
                 xs.append(hours)
@@ -76,17 +72,6 @@ def best_vs_compute(spec: StudySpec, studies: dict[str, optuna.Study], lines: Ta
     return _finish(fig, ax, path)
 
 
-def _top(lins: list[Lineage], spec: StudySpec, source: str | None = None) -> Lineage | None:
-    top, top_v = None, None
-    for lin in lins:
-        if source is not None and lin.source != source:
-            continue
-        v, _ = lin.best(spec.direction)
-        if v is not None and _better(spec, v, top_v):
-            top, top_v = lin, v
-    return top
-
-
 def learning_curves(spec: StudySpec, studies: dict[str, optuna.Study], lines: TaskLines, path: Path) -> Path:
     """Each model's best trial (solid) and its best published-settings trial (dashed, same colour)."""
     import matplotlib.pyplot as plt
@@ -97,8 +82,8 @@ def learning_curves(spec: StudySpec, studies: dict[str, optuna.Study], lines: Ta
         lins = lineages(study.get_trials(deepcopy=False))
         color = f"C{i}"
         key = study.user_attrs["model"]
-        best = _top(lins, spec)
-        pub = _top(lins, spec, "published")
+        best = top_lineage(lins, spec.direction)
+        pub = top_lineage(lins, spec.direction, "published")
         for lin, style, label in ((best, "-", "best"), (pub, "--", "published settings")):
             if lin is None or not lin.curve or (label != "best" and lin is best):
                 continue

@@ -1,6 +1,6 @@
 """The service's view of our experiment database: launches, studies, workers, trial runs.
 
-Every write is best-effort during training: a database hiccup logs one warning and the trial goes
+Every write is best-effort during training: an outage logs one warning (and one line when it ends) and the trial goes
 on (Optuna's storage is the source of truth for the search itself). Launch-time writes are not:
 a launch that cannot be recorded is refused with a clear error, and nothing is half-written.
 """
@@ -42,16 +42,29 @@ class Ledger:
                 "run `irnn-search db upgrade`"
             )
         self.engine = make_engine(url)
-        self._warned = False
+        #: writes skipped since the database became unavailable (None: it is available)
+        self._skipped: int | None = None
+        #: the trial this worker's heartbeat names (study, number)
+        self._current: tuple[str | None, int | None] = (None, None)
 
     def _quiet(self, what: str, fn: Callable[[], T]) -> T | None:
+        """Run one bookkeeping write; a failure is logged once per outage, never raised.
+
+        One warning when the database goes away, one line when it is back (with the number of writes
+        that were skipped meanwhile), so that a second outage later in a long run is seen too.
+        """
         try:
-            return fn()
+            result = fn()
         except Exception as exc:  # never let bookkeeping stop a trial
-            if not self._warned:
+            if self._skipped is None:
                 log.warning("experiment database unavailable (%s): %s; training continues", what, exc)
-                self._warned = True
+                self._skipped = 0
+            self._skipped += 1
             return None
+        if self._skipped is not None:
+            log.warning("experiment database reachable again; %d writes were skipped while it was not", self._skipped)
+            self._skipped = None
+        return result
 
     # -- launch ---------------------------------------------------------------------------------
     def record_launch(self, spec: Any, studies: dict[str, Any]) -> int:
@@ -92,7 +105,6 @@ class Ledger:
 
         worker_id = self._quiet("register worker", go)
         if worker_id is not None:
-            self._current: tuple[str | None, int | None] = (None, None)
             self._stop_beat = threading.Event()
             self._beat = threading.Thread(target=self._heartbeat, args=(worker_id,), daemon=True)
             self._beat.start()

@@ -1,7 +1,7 @@
 """The service's view of our experiment database: launches, studies, workers, trial runs.
 
-Every write is best-effort during training: an outage logs one warning (and one line when it ends) and the trial goes
-on (Optuna's storage is the source of truth for the search itself). Launch-time writes are not:
+Every write is best-effort during training: an outage logs one warning (and one line when it ends)
+and the trial goes on (Optuna's storage is the source of truth for the search itself). Launch-time writes are not:
 a launch that cannot be recorded is refused with a clear error, and nothing is half-written.
 """
 

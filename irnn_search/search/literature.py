@@ -35,14 +35,10 @@ import optuna
 
 from irnn_search.models import model_class
 from irnn_search.search.spec import CLIP_OFF, CONDITIONAL, Choice, Fixed, FloatRange, IntRange, ModelSpec, StudySpec
+from irnn_search.tasks import task_class
 from irnn_search.train import TrainConfig
 
 log = logging.getLogger(__name__)
-
-#: smoke task -> the real task whose published settings it starts from (results are dropped)
-SETTINGS_FROM = {"digits-smoke": "smnist", "digits-smoke-permuted": "pmnist", "ptb-smoke": "ptb"}
-#: the task option that says a task's size, per task (published settings are per size)
-SIZE_OPTION = {"adding": "T", "copy": "T", "ptb": "bptt", "ptb-smoke": "bptt"}
 
 # Repositories as REFERENCE.md §0 pins them.
 IRD = "mdmmn378/IReLU-Demo@20a01f7"
@@ -893,9 +889,9 @@ RESULTS: tuple[PublishedResult, ...] = tuple(r for p in PUBLISHED for r in p.res
 def published_settings(task: str, model: str) -> list[Published]:
     """Every published setting for ``task`` and model family ``model`` (possibly none).
 
-    A smoke task gets the settings of the task it shrinks (``SETTINGS_FROM``), without results.
+    A smoke task gets the settings of the task it shrinks (its ``smoke_of``), without results.
     """
-    real = SETTINGS_FROM.get(task, task)
+    real = task_class(task).smoke_of or task
     entries = [p for p in PUBLISHED if p.task == real and p.model == model]
     if real != task:
         entries = [dataclasses.replace(p, results=()) for p in entries]
@@ -918,7 +914,7 @@ def select_published(spec: StudySpec, model: str) -> list[Published]:
     """
     m = spec.model(model)
     entries = published_settings(spec.task, m.family)
-    size_key = SIZE_OPTION.get(spec.task)
+    size_key = task_class(spec.task).size_option
     size = spec.task_options.get(size_key) if size_key else None
     if size is not None and any(size in p.sizes for p in entries):
         entries = [p for p in entries if not p.sizes or size in p.sizes]

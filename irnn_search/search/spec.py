@@ -132,28 +132,6 @@ PRUNER_OPTIONS: dict[str, dict[str, Any]] = {
     "none": {},
 }
 
-#: The validation metrics each built-in task reports (``train`` prefixes them with ``val_``);
-#: tests/search/test_spec.py checks it against the real ``summarize`` output. A task class that
-#: declares ``metrics`` (a plugin's) is taken at its word; any other task may use ``loss`` and its
-#: primary metric.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "adding": ("loss", "mse"),
-    "copy": ("loss", "accuracy"),
-    "smnist": ("loss", "accuracy"),
-    "pmnist": ("loss", "accuracy"),
-    "ptb": ("loss", "bpc", "accuracy"),
-    "digits-smoke": ("loss", "accuracy"),
-    "digits-smoke-permuted": ("loss", "accuracy"),
-    "ptb-smoke": ("loss", "bpc", "accuracy"),
-}
-#: which way is better for each metric name
-METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
-    "loss": "minimize",
-    "mse": "minimize",
-    "bpc": "minimize",
-    "accuracy": "maximize",
-}
-
 # Integer ranges up to this many values are checked value by value (nnRNN needs an even
 # hidden_size: the endpoints alone would not catch 65 in [64, 128]).
 _MAX_INT_VALUES = 4096
@@ -487,28 +465,7 @@ def _ordered_params(family: str, params: Mapping[str, Param]) -> dict[str, Param
     return {k: params[k] for k in sorted(params, key=lambda k: (rank.get(k, len(rank)), k))}
 
 
-# -- task facts the spec needs --------------------------------------------------------------------
-def task_metrics(task: str) -> tuple[str, ...]:
-    """Validation metric names ``task`` reports (without the ``val_`` prefix)."""
-    cls = task_class(task)
-    if cls.metrics is not None:
-        return tuple(cls.metrics)
-    return TASK_METRICS.get(task) or ("loss", cls.metric)
-
-
-def metric_direction(task: str, metric: str) -> Literal["minimize", "maximize"] | None:
-    """Which way ``metric`` (without ``val_``) of ``task`` is better; None when nothing says."""
-    if metric in METRIC_DIRECTIONS:
-        return METRIC_DIRECTIONS[metric]
-    cls = task_class(task)
-    return cls.direction if metric == cls.metric else None
-
-
-def objective_keys(task: str) -> tuple[str, ...]:
-    """The objectives a spec for ``task`` may name (``val_loss``, ``val_mse``, ...)."""
-    return tuple(f"val_{m}" for m in task_metrics(task))
-
-
+# -- model facts the spec needs ------------------------------------------------------------------
 @functools.cache
 def has_constrained_params(family: str) -> bool:
     """Whether ``family`` has a constrained (orthogonal) parameter group, i.e. uses ``lr_orth``.
@@ -847,13 +804,14 @@ class _Resolver:
         return tuple(items)
 
     def objective(self, task: str, raw: Any, raw_direction: Any) -> tuple[str, Literal["minimize", "maximize"]]:
-        allowed = objective_keys(task)
-        objective = raw if raw is not None else f"val_{task_class(task).metric}"
+        cls = task_class(task)
+        allowed = [f"val_{m}" for m in cls.reported_metrics()]
+        objective = raw if raw is not None else f"val_{cls.metric}"
         if objective not in allowed:
             raise self.err(
                 "study.objective", f"task {task!r} does not report it", objective, allowed=", ".join(allowed)
             )
-        natural = metric_direction(task, objective.removeprefix("val_"))
+        natural = cls.metric_direction(objective.removeprefix("val_"))
         if raw_direction is None:
             if natural is None:
                 raise self.err(
@@ -1237,9 +1195,7 @@ __all__: Sequence[str] = (
     "StudySpec",
     "available_specs",
     "load_spec",
-    "objective_keys",
     "parse_duration",
     "parse_spec",
     "resolve_spec",
-    "task_metrics",
 )

@@ -26,7 +26,7 @@ from irnn_search.search.literature import (
     select_published,
 )
 from irnn_search.search.space import suggest
-from irnn_search.search.spec import parse_spec, task_metrics
+from irnn_search.search.spec import parse_spec
 from irnn_search.tasks import TASK_NAMES, task_class
 from irnn_search.train import TrainConfig
 
@@ -67,7 +67,7 @@ def test_every_entry_builds_a_valid_training_and_model_config():
 
 def test_results_name_task_metrics_units_and_protocols():
     for r in RESULTS:
-        assert r.metric in task_metrics(r.task), r
+        assert r.metric in task_class(r.task).reported_metrics(), r
         assert r.units in ("%", "bits per character", "MSE") and r.protocol and r.source.startswith("REFERENCE.md §")
         if r.metric == "accuracy":
             assert 0 < r.metric_value <= 1 and r.metric_value == pytest.approx(r.value / 100)

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from irnn_search import plugins
 from irnn_search.cli import app
 from irnn_search.models import MODELS, ModelError, model_class, model_names
-from irnn_search.search.spec import SpecError, load_spec
+from irnn_search.search.spec import SpecError
+from irnn_search.search.validate import load_spec
 from irnn_search.tasks import TASK_NAMES, TaskError, task_class, task_names
 
 PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"

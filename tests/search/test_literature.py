@@ -26,7 +26,7 @@ from irnn_search.search.literature import (
     select_published,
 )
 from irnn_search.search.space import suggest
-from irnn_search.search.spec import parse_spec
+from irnn_search.search.validate import parse_spec
 from irnn_search.tasks import TASK_NAMES, task_class
 from irnn_search.train import TrainConfig
 

@@ -11,19 +11,9 @@ import pytest
 import torch
 
 from irnn_search.models import MODELS, build_model, model_class
-from irnn_search.search.spec import (
-    TRAIN_PARAMS,
-    Choice,
-    Fixed,
-    FloatRange,
-    IntRange,
-    SpecError,
-    StudySpec,
-    has_constrained_params,
-    load_spec,
-    parse_duration,
-    parse_spec,
-)
+from irnn_search.search.spec import TRAIN_PARAMS, Choice, Fixed, FloatRange, IntRange, SpecError, StudySpec
+from irnn_search.search.validate import load_spec, parse_spec
+from irnn_search.search.validate_model import has_constrained_params, parse_duration
 from irnn_search.tasks import build_task, task_class
 from irnn_search.train import TrainConfig, evaluate
 

@@ -15,11 +15,14 @@ import pytest
 
 from irnn_search.models import MODELS, model_class
 from irnn_search.options import build_config
+from irnn_search.search import literature
 from irnn_search.search.literature import (
     PUBLISHED,
     RESULTS,
+    TABLE,
     NotRepresentable,
     enqueue_published,
+    load_table,
     map_published,
     published_results,
     published_settings,
@@ -56,6 +59,28 @@ def test_refs_are_unique_and_name_existing_tasks_and_families():
         assert p.task in TASK_NAMES and p.model in MODELS, p.ref
         assert p.source.startswith("REFERENCE.md §"), p.ref
         assert p.label and (p.batch_size is None or p.batch_size > 0)
+
+
+def test_the_table_file_loads_with_the_types_the_configs_expect():
+    assert TABLE.parent == Path(literature.__file__).parent  # shipped in the package (pyproject package-data)
+    for p in PUBLISHED:
+        assert isinstance(p.sizes, tuple) and all(type(s) is int for s in p.sizes), p.ref
+        rates = [p.train[k] for k in ("lr", "lr_orth", "alpha", "clip") if p.train.get(k) is not None]
+        assert all(type(v) is float for v in rates), p.ref
+        assert type(p.hidden_size) is int, p.ref
+    attached = [r for p in PUBLISHED for r in p.results]
+    assert RESULTS[: len(attached)] == tuple(attached)
+    assert len(RESULTS) == len(attached) + TABLE.read_text(encoding="utf-8").count("\n[[result]]\n")
+
+
+def test_a_mistyped_table_entry_is_refused(tmp_path: Path):
+    text = TABLE.read_text(encoding="utf-8")
+    (tmp_path / "typo.toml").write_text(text.replace("schedule = ", "shedule = ", 1), encoding="utf-8")
+    with pytest.raises(TypeError, match="shedule"):
+        load_table(tmp_path / "typo.toml")
+    (tmp_path / "metric.toml").write_text(text.replace('metric = "bpc"', 'metric = "perplexity"', 1), encoding="utf-8")
+    with pytest.raises(KeyError, match="perplexity"):
+        load_table(tmp_path / "metric.toml")
 
 
 def test_every_entry_builds_a_valid_training_and_model_config():

@@ -76,7 +76,8 @@ from sqlalchemy.orm import Session
 
 from irnn_search.masking import mask_secrets
 from irnn_search.search.space import PruneGate, build_pruner, build_sampler, suggest
-from irnn_search.search.spec import ModelSpec, PrunerSpec, StudySpec, load_spec
+from irnn_search.search.spec import ModelSpec, PrunerSpec, StudySpec
+from irnn_search.search.validate import load_spec
 from irnn_search.service.search import Janitor, _surplus, usage
 from irnn_search.service.storage import open_storage
 

@@ -366,7 +366,8 @@ def _settings() -> Any:
 
 
 def _load_spec(name: str, studies_dir: str) -> Any:
-    from irnn_search.search.spec import SpecError, load_spec
+    from irnn_search.search.spec import SpecError
+    from irnn_search.search.validate import load_spec
 
     try:
         return load_spec(name, studies_dir=studies_dir)

@@ -49,6 +49,7 @@ def test_the_wheel_carries_every_spec_every_migration_and_the_revision(wheel: Pa
     shipped = {n.removeprefix("irnn_search/_bundled/migrations/") for n in names if "/_bundled/migrations/" in n}
     assert shipped == scripts
     assert not any(n.startswith(("studies/", "migrations/", "tests/")) for n in names), "no top-level folders"
+    assert "irnn_search/search/published.toml" in names  # the published settings the warm start enqueues
     info = zipfile.ZipFile(wheel).read("irnn_search/_build_info.py").decode()
     assert "REVISION = '0123456789ab'" in info
 

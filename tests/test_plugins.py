@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from irnn_search import plugins
 from irnn_search.cli import app
 from irnn_search.models import MODELS, ModelError, model_class, model_names
-from irnn_search.search.spec import SpecError, load_spec
+from irnn_search.search.spec import SpecError
+from irnn_search.search.validate import load_spec
 from irnn_search.tasks import TASK_NAMES, TaskError, task_class, task_names
 
 PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"
@@ -168,3 +169,34 @@ def test_a_broken_plugin_fails_alone_with_its_distribution_named(
         assert "task 'nowhere'" in result.stderr
     finally:
         plugins.refresh()
+
+
+def test_a_plugin_task_states_its_facts_like_a_built_in_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plugin's smaller copy task: its class attributes alone make the warm start use the copy
+    # settings published for its size (T = 200: the nnRNN ones) and keep copy results out of its report.
+    from irnn_search.search.literature import published_results, select_published
+    from irnn_search.search.validate import parse_spec
+    from irnn_search.service.report import render
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "tiny_copy.py").write_text(
+        "from irnn_search.tasks.copy import CopyTask\n\n\n"
+        "class TinyCopy(CopyTask):\n"
+        '    name = "tiny-copy"\n'
+        '    smoke_of = "copy"\n'
+    )
+    _install(tmp_path / "site", {"irnn_search.tasks": {"tiny-copy": "tiny_copy:TinyCopy"}}, name="tiny-copy")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    plugins.refresh()
+    try:
+        text = SPEC.replace('task = "recall"', 'task = "tiny-copy"').replace("T = 5, val_size = 64", "T = 200")
+        spec = parse_spec(text.replace("[models.gru]", "[models.exprnn]"), default_name="tiny")
+        assert spec.objective == "val_loss" and spec.direction == "minimize"
+        refs = [p.ref for p in select_published(spec, "exprnn")]
+        assert refs == ["nnr-copy-exprnn-128", "nnr-copy-exprnn-176"]
+        assert published_results("tiny-copy", "exprnn") == []
+        assert "a smoke task never borrows published numbers" in render([], "md", spec=spec)
+    finally:
+        plugins.refresh()
+        sys.modules.pop("tiny_copy", None)

@@ -14,10 +14,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from irnn_search.search.literature import SETTINGS_FROM, published_results
+from irnn_search.search.literature import published_results
 from irnn_search.search.spec import SpecError, StudySpec
 from irnn_search.service.answer import TaskLines, answer, lineages, reproduce_command
 from irnn_search.service.search import GAVE_UP, Usage, load_studies, stored_spec, study_name, usage
+from irnn_search.tasks import TaskError, task_class
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,12 @@ class ModelRow:
     gave_up: list[dict[str, Any]] = field(default_factory=list)
 
 
-SMOKE_TASKS = frozenset(SETTINGS_FROM)
+def _is_smoke(task: str) -> bool:
+    """Whether ``task`` shrinks a real one (a task whose plugin no longer loads counts as real)."""
+    try:
+        return task_class(task).smoke_of is not None
+    except TaskError:
+        return False
 
 
 def published_numbers(task: str, family: str) -> list[dict[str, Any]]:
@@ -381,7 +387,7 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
                 f"- {model}: {n['metric']} {n['value']} {n['units']} at hidden {n['hidden_size']}{size}; "
                 f"{n['protocol']} [{n['source']}]"
             )
-    elif spec is not None and spec.task in SMOKE_TASKS:
+    elif spec is not None and _is_smoke(spec.task):
         lines.append("- none: a smoke task never borrows published numbers")
     else:
         task = spec.task if spec else "this task"

@@ -80,7 +80,9 @@ class AddingTask(Task):
     config_cls = AddingConfig
     metric = "mse"
     direction = "minimize"
+    metrics = ("loss", "mse")
     default_batch_size = 16  # IRNN paper and IRD
+    size_option = "T"
     readout = "last"
     config: AddingConfig
 

@@ -21,6 +21,14 @@ import torch
 Split = Literal["val", "test"]
 Direction = Literal["minimize", "maximize"]
 _MASK64 = (1 << 64) - 1
+#: which way is better for a metric name whatever the task reports it (a task's own primary metric
+#: goes by its ``direction``)
+METRIC_DIRECTIONS: dict[str, Direction] = {
+    "loss": "minimize",
+    "mse": "minimize",
+    "bpc": "minimize",
+    "accuracy": "maximize",
+}
 
 
 class TaskError(ValueError):
@@ -98,16 +106,34 @@ class Task(abc.ABC):
     metric: ClassVar[str]
     direction: ClassVar[Direction]
     #: the validation metrics ``summarize`` reports (without the ``val_`` prefix, ``loss`` included);
-    #: a spec may name each as its objective. None: ``irnn_search.search.spec.TASK_METRICS`` lists
-    #: them for the built-in tasks, else ``loss`` and ``metric``. Which way each is better: ``loss``
-    #: lower, ``metric`` by ``direction``, common names (accuracy, bpc, ...) by the spec's table.
+    #: a spec may name each as its objective. None: ``loss`` and ``metric`` (see ``reported_metrics``;
+    #: which way each is better: ``metric_direction``)
     metrics: ClassVar[tuple[str, ...] | None] = None
     #: batch size the literature uses for this task
     default_batch_size: ClassVar[int]
+    #: the option that says the task's size (``T``, ``bptt``), where the literature publishes settings
+    #: per size; a warm start prefers the settings published for the spec's size. None: no such option
+    size_option: ClassVar[str | None] = None
+    #: a smoke task: the real task it shrinks. It starts from that task's published settings but never
+    #: borrows its published numbers (a smoke score is not comparable with them). None: not a smoke task
+    smoke_of: ClassVar[str | None] = None
     #: "last": the loss only looks at the final step; "all": at every step
     readout: ClassVar[Literal["last", "all"]] = "last"
     #: carry the hidden state across consecutive training batches (truncated BPTT)
     carry_state: ClassVar[bool] = False
+
+    @classmethod
+    def reported_metrics(cls) -> tuple[str, ...]:
+        """The validation metrics this task reports: ``metrics``, else ``loss`` and ``metric``."""
+        return tuple(cls.metrics) if cls.metrics is not None else ("loss", cls.metric)
+
+    @classmethod
+    def metric_direction(cls, metric: str) -> Direction | None:
+        """Which way ``metric`` (without ``val_``) is better: a common name by ``METRIC_DIRECTIONS``,
+        the primary metric by ``direction``; None when neither says (a spec must then state it)."""
+        if metric in METRIC_DIRECTIONS:
+            return METRIC_DIRECTIONS[metric]
+        return cls.direction if metric == cls.metric else None
 
     def __init__(self, config: TaskConfig, *, seed: int = 0, batch_size: int | None = None):
         self.config = config

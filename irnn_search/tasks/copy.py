@@ -84,7 +84,9 @@ class CopyTask(Task):
     config_cls = CopyConfig
     metric = "loss"
     direction = "minimize"
+    metrics = ("loss", "accuracy")
     default_batch_size = 128  # expRNN, asRNN
+    size_option = "T"
     readout = "all"
     config: CopyConfig
 

@@ -210,6 +210,7 @@ class _MnistTaskBase(Task):
 
     metric = "accuracy"
     direction = "maximize"
+    metrics = ("loss", "accuracy")
     default_batch_size = 128  # expRNN, asRNN
     readout = "last"
     permuted: ClassVar[bool] = False
@@ -389,10 +390,12 @@ class _DigitsSmoke(_MnistTaskBase):
 
 class DigitsSmokeTask(_DigitsSmoke):
     name = "digits-smoke"
+    smoke_of = "smnist"
     description = f"{_SMOKE_NOTE} (sequential pixel order)"
 
 
 class PDigitsSmokeTask(_DigitsSmoke):
     name = "digits-smoke-permuted"
+    smoke_of = "pmnist"
     description = f"{_SMOKE_NOTE} (fixed pixel permutation from permutation_seed)"
     permuted = True

@@ -222,7 +222,9 @@ class _PTBBase(Task):
     config: PTBConfig
     metric = "bpc"
     direction = "minimize"
+    metrics = ("loss", "bpc", "accuracy")
     default_batch_size = 128  # NNR, ASR
+    size_option = "bptt"
     readout = "all"
     carry_state = True
     #: task split -> file part; the vocabulary is built over these files in this order
@@ -371,5 +373,6 @@ class PTBTask(_PTBBase):
 
 class PTBSmokeTask(_PTBBase):
     name = "ptb-smoke"
+    smoke_of = "ptb"
     description = "smoke: PTB valid trains, test evaluates; not PTB-c test BPC"
     parts: ClassVar[dict[str, str]] = {"train": "valid", "val": "test"}

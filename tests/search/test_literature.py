@@ -15,18 +15,21 @@ import pytest
 
 from irnn_search.models import MODELS, model_class
 from irnn_search.options import build_config
+from irnn_search.search import literature
 from irnn_search.search.literature import (
     PUBLISHED,
     RESULTS,
+    TABLE,
     NotRepresentable,
     enqueue_published,
+    load_table,
     map_published,
     published_results,
     published_settings,
     select_published,
 )
 from irnn_search.search.space import suggest
-from irnn_search.search.spec import parse_spec, task_metrics
+from irnn_search.search.validate import parse_spec
 from irnn_search.tasks import TASK_NAMES, task_class
 from irnn_search.train import TrainConfig
 
@@ -58,6 +61,28 @@ def test_refs_are_unique_and_name_existing_tasks_and_families():
         assert p.label and (p.batch_size is None or p.batch_size > 0)
 
 
+def test_the_table_file_loads_with_the_types_the_configs_expect():
+    assert TABLE.parent == Path(literature.__file__).parent  # shipped in the package (pyproject package-data)
+    for p in PUBLISHED:
+        assert isinstance(p.sizes, tuple) and all(type(s) is int for s in p.sizes), p.ref
+        rates = [p.train[k] for k in ("lr", "lr_orth", "alpha", "clip") if p.train.get(k) is not None]
+        assert all(type(v) is float for v in rates), p.ref
+        assert type(p.hidden_size) is int, p.ref
+    attached = [r for p in PUBLISHED for r in p.results]
+    assert RESULTS[: len(attached)] == tuple(attached)
+    assert len(RESULTS) == len(attached) + TABLE.read_text(encoding="utf-8").count("\n[[result]]\n")
+
+
+def test_a_mistyped_table_entry_is_refused(tmp_path: Path):
+    text = TABLE.read_text(encoding="utf-8")
+    (tmp_path / "typo.toml").write_text(text.replace("schedule = ", "shedule = ", 1), encoding="utf-8")
+    with pytest.raises(TypeError, match="shedule"):
+        load_table(tmp_path / "typo.toml")
+    (tmp_path / "metric.toml").write_text(text.replace('metric = "bpc"', 'metric = "perplexity"', 1), encoding="utf-8")
+    with pytest.raises(KeyError, match="perplexity"):
+        load_table(tmp_path / "metric.toml")
+
+
 def test_every_entry_builds_a_valid_training_and_model_config():
     for p in PUBLISHED:
         TrainConfig(**p.train)  # betas included: it is a TrainConfig field
@@ -67,7 +92,7 @@ def test_every_entry_builds_a_valid_training_and_model_config():
 
 def test_results_name_task_metrics_units_and_protocols():
     for r in RESULTS:
-        assert r.metric in task_metrics(r.task), r
+        assert r.metric in task_class(r.task).reported_metrics(), r
         assert r.units in ("%", "bits per character", "MSE") and r.protocol and r.source.startswith("REFERENCE.md §")
         if r.metric == "accuracy":
             assert 0 < r.metric_value <= 1 and r.metric_value == pytest.approx(r.value / 100)

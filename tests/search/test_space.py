@@ -18,7 +18,8 @@ from irnn_search.search.space import (
     params_to_kwargs,
     suggest,
 )
-from irnn_search.search.spec import Choice, Fixed, FloatRange, IntRange, PrunerSpec, SpecError, StudySpec, parse_spec
+from irnn_search.search.spec import Choice, Fixed, FloatRange, IntRange, PrunerSpec, SpecError, StudySpec
+from irnn_search.search.validate import parse_spec
 from irnn_search.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

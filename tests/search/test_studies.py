@@ -17,7 +17,8 @@ import torch
 from irnn_search.models import build_model
 from irnn_search.search.literature import enqueue_published
 from irnn_search.search.space import build_pruner, build_sampler, build_train_config, suggest
-from irnn_search.search.spec import StudySpec, available_specs, load_spec
+from irnn_search.search.spec import StudySpec
+from irnn_search.search.validate import available_specs, load_spec
 from irnn_search.tasks import build_task
 from irnn_search.train import seed_everything, train
 

@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from irnn_search.search.spec import parse_spec
+from irnn_search.search.validate import parse_spec
 from irnn_search.service.answer import answer, lineages, reproduce_command, summary_metrics, task_lines
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from irnn_search.search.spec import load_spec
+from irnn_search.search.validate import load_spec
 from irnn_search.service.attempt import LAST_SHA256, Attempt
 from irnn_search.service.search import load_studies, open_studies, work
 from tests.service.test_search import _spec

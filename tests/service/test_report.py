@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from irnn_search.search.spec import load_spec
+from irnn_search.search.validate import load_spec
 from irnn_search.service import attempt
 from irnn_search.service.report import evaluate_best
 from irnn_search.service.search import open_studies, work

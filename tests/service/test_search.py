@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from irnn_search.cli import app
-from irnn_search.search.spec import load_spec
+from irnn_search.search.validate import load_spec
 from irnn_search.service.report import render, rows_for
 from irnn_search.service.search import (
     SearchError,

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
-from irnn_search.search.spec import load_spec
+from irnn_search.search.validate import load_spec
 from irnn_search.service.search import open_studies
 from irnn_search.service.storage import ResilientRDBStorage, connection_lost, open_storage
 from irnn_search.settings import Settings

@@ -1,4 +1,4 @@
-"""What the packed-trial device-time columns cost the budget query (``storage._trial_groups``).
+"""What the packed-trial device-time columns cost the budget query (``storage.groups.query_groups``).
 
 Every budget check, surplus check and ``status`` reads a study's trials in one aggregate query. To
 count a packed trial's share of the device rather than its wall time, that query also joins two
@@ -20,7 +20,8 @@ from typing import Any
 
 import optuna
 
-from irnn_search.service.storage import DEVICE_S, PACK_SLOTS, _epoch, _trial_groups, open_storage
+from irnn_search.service.storage import DEVICE_S, PACK_SLOTS, open_storage
+from irnn_search.service.storage.groups import epoch_seconds, query_groups
 
 
 def wall_time_groups(backend: Any, study_id: int) -> list[Any]:
@@ -30,7 +31,7 @@ def wall_time_groups(backend: Any, study_id: int) -> list[Any]:
 
     t, attr, val = models.TrialModel, models.TrialUserAttributeModel, models.TrialValueModel
     dialect = backend.engine.dialect.name
-    start, end = _epoch(t._datetime_start_utc, dialect), _epoch(t._datetime_complete_utc, dialect)
+    start, end = epoch_seconds(t._datetime_start_utc, dialect), epoch_seconds(t._datetime_complete_utc, dialect)
     is_open = and_(t._datetime_start_utc.is_not(None), t._datetime_complete_utc.is_(None))
     finite = case((val.value_type == models.TrialValueModel.TrialValueType.FINITE, val.value))
     query = (
@@ -68,7 +69,7 @@ def measure(url: str, trials: int, repeat: int) -> tuple[float, float]:
     backend = getattr(storage, "_backend", storage)
     times: dict[str, list[float]] = {"before": [], "now": []}
     for _ in range(repeat):  # interleaved
-        for name, fn in (("before", wall_time_groups), ("now", _trial_groups)):
+        for name, fn in (("before", wall_time_groups), ("now", query_groups)):
             started = time.perf_counter()
             fn(backend, study._study_id)
             times[name].append((time.perf_counter() - started) * 1e3)

@@ -4,7 +4,7 @@ Every budget check, surplus check and ``status`` reads a study's trials in one a
 count a packed trial's share of the device rather than its wall time, that query also joins two
 user attrs (``device_s``, ``pack_slots``). This times it side by side with the same query without
 them (what it was before), on a study of ``--trials`` finished trials (half of them packed, each
-with 7 user attrs), on an SQLite file and on a loopback PostgreSQL 15 (``irnn_search.servers``).
+with 7 user attrs), on an SQLite file and on a loopback PostgreSQL 15 (``irnn_search.dev.servers``).
 
     python benchmarks/usage_query.py [--trials 3000] [--repeat 30] [--no-postgres]
 """
@@ -90,7 +90,7 @@ def main() -> None:
         before, now = measure(f"sqlite:///{Path(folder) / 'optuna.db'}", args.trials, args.repeat)
         print(f"| SQLite file | {before:.2f} | {now:.2f} | {now / before:.2f}x |", flush=True)
     if not args.no_postgres:
-        from irnn_search.servers import Postgres, reachable_tempdir
+        from irnn_search.dev.servers import Postgres, reachable_tempdir
 
         server = Postgres(reachable_tempdir("irnn-usage-query-") / "pg")
         server.start()

@@ -249,3 +249,19 @@ def test_up_leaves_servers_running_writes_the_env_file_and_down_stops_them() -> 
     finally:
         servers.down(folder, say=lambda _: None)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_servers_commands_cost_the_runtime_cli_no_import_of_the_servers(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from irnn_search.cli import app
+
+    code = "import sys, irnn_search.cli; print('irnn_search.dev.servers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", "registering `servers` imported the servers"
+    usage = CliRunner().invoke(app, ["servers", "up", "--help"])
+    assert usage.exit_code == 0
+    for option in ("--dir", "--mlflow", "--dashboard", "--no-fsync"):
+        assert option in usage.output
+    nothing = CliRunner().invoke(app, ["servers", "down", "--dir", str(tmp_path)])
+    assert (nothing.exit_code, nothing.output) == (0, "")

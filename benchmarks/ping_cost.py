@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from irnn_search.servers import Postgres
+from irnn_search.dev.servers import Postgres
 
 
 def per_call_ms(fn: Callable[[], object], n: int = 500, rounds: int = 5) -> float:

@@ -39,7 +39,7 @@ Two experiments:
   difference in ``suggest``).
 
 By default a PostgreSQL 15 server of our own is started on a free 127.0.0.1 port
-(``irnn_search.servers.Postgres``, fsync on like a real one) and always removed at the end.
+(``irnn_search.dev.servers.Postgres``, fsync on like a real one) and always removed at the end.
 
     python benchmarks/storage_latency.py [--quick] [--workers 1,4,16] [--seconds 45]
         [--sizes 100,1000,10000] [--trials 40] [--reports 10] [--url URL | --sqlite] [--json PATH]
@@ -725,12 +725,12 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(tempfile.mkdtemp(prefix="irnn-bench-sqlite-"))
             url, backend = f"sqlite:///{folder / 'optuna.db'}", "SQLite file"
         else:
-            from irnn_search.servers import Postgres, reachable_tempdir
+            from irnn_search.dev.servers import Postgres, reachable_tempdir
 
             folder = reachable_tempdir("irnn-bench-pg-")
             server = Postgres(folder / "pg", fsync=not args.no_fsync)
             server.start()
-            url, backend = server.create_database("optuna_bench"), "loopback PostgreSQL (irnn_search.servers)"
+            url, backend = server.create_database("optuna_bench"), "loopback PostgreSQL (irnn_search.dev.servers)"
         info = machine(url)
         print(f"storage: {backend} {mask_secrets(url)}", file=sys.stderr, flush=True)
         for n in workers:

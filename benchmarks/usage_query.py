@@ -1,10 +1,10 @@
-"""What the packed-trial device-time columns cost the budget query (``storage._trial_groups``).
+"""What the packed-trial device-time columns cost the budget query (``storage.groups.query_groups``).
 
 Every budget check, surplus check and ``status`` reads a study's trials in one aggregate query. To
 count a packed trial's share of the device rather than its wall time, that query also joins two
 user attrs (``device_s``, ``pack_slots``). This times it side by side with the same query without
 them (what it was before), on a study of ``--trials`` finished trials (half of them packed, each
-with 7 user attrs), on an SQLite file and on a loopback PostgreSQL 15 (``irnn_search.servers``).
+with 7 user attrs), on an SQLite file and on a loopback PostgreSQL 15 (``irnn_search.dev.servers``).
 
     python benchmarks/usage_query.py [--trials 3000] [--repeat 30] [--no-postgres]
 """
@@ -20,7 +20,8 @@ from typing import Any
 
 import optuna
 
-from irnn_search.service.storage import DEVICE_S, PACK_SLOTS, _epoch, _trial_groups, open_storage
+from irnn_search.service.storage import DEVICE_S, PACK_SLOTS, open_storage
+from irnn_search.service.storage.groups import epoch_seconds, query_groups
 
 
 def wall_time_groups(backend: Any, study_id: int) -> list[Any]:
@@ -30,7 +31,7 @@ def wall_time_groups(backend: Any, study_id: int) -> list[Any]:
 
     t, attr, val = models.TrialModel, models.TrialUserAttributeModel, models.TrialValueModel
     dialect = backend.engine.dialect.name
-    start, end = _epoch(t._datetime_start_utc, dialect), _epoch(t._datetime_complete_utc, dialect)
+    start, end = epoch_seconds(t._datetime_start_utc, dialect), epoch_seconds(t._datetime_complete_utc, dialect)
     is_open = and_(t._datetime_start_utc.is_not(None), t._datetime_complete_utc.is_(None))
     finite = case((val.value_type == models.TrialValueModel.TrialValueType.FINITE, val.value))
     query = (
@@ -68,7 +69,7 @@ def measure(url: str, trials: int, repeat: int) -> tuple[float, float]:
     backend = getattr(storage, "_backend", storage)
     times: dict[str, list[float]] = {"before": [], "now": []}
     for _ in range(repeat):  # interleaved
-        for name, fn in (("before", wall_time_groups), ("now", _trial_groups)):
+        for name, fn in (("before", wall_time_groups), ("now", query_groups)):
             started = time.perf_counter()
             fn(backend, study._study_id)
             times[name].append((time.perf_counter() - started) * 1e3)
@@ -89,7 +90,7 @@ def main() -> None:
         before, now = measure(f"sqlite:///{Path(folder) / 'optuna.db'}", args.trials, args.repeat)
         print(f"| SQLite file | {before:.2f} | {now:.2f} | {now / before:.2f}x |", flush=True)
     if not args.no_postgres:
-        from irnn_search.servers import Postgres, reachable_tempdir
+        from irnn_search.dev.servers import Postgres, reachable_tempdir
 
         server = Postgres(reachable_tempdir("irnn-usage-query-") / "pg")
         server.start()

@@ -1068,6 +1068,7 @@ studies_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(studies_app, name="studies")
+app.add_typer(__import__("irnn_search.dev.cli", fromlist=["servers_app"]).servers_app, name="servers")  # dev tooling
 
 
 @studies_app.callback()

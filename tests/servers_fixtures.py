@@ -1,6 +1,6 @@
 """Fixtures with real servers (imported by ``tests/conftest.py``).
 
-- ``pg`` (session): a PostgreSQL server, an :class:`irnn_search.servers.Postgres` with ``.url(db)``,
+- ``pg`` (session): a PostgreSQL server, an :class:`irnn_search.dev.servers.Postgres` with ``.url(db)``,
   ``.create_database(name) -> url``, ``.drop_database(name)``, ``.stop()``, ``.start()``,
   ``.restart()``, ``.running`` and ``.port``. A test that stops it starts it again.
 - ``pg_database`` (function): the URL of a fresh database on ``pg``, dropped after the test.
@@ -9,9 +9,9 @@
 - ``dashboard`` (session): a factory, ``dashboard(storage_url) -> base_url``, one optuna-dashboard
   per storage URL, stopped at the end of the session.
 
-Where they come from: when ``.ci/run`` started the servers (``python -m irnn_search.servers up``)
+Where they come from: when ``.ci/run`` started the servers (``irnn-search servers up``)
 and exported ``IRNN_SEARCH_TEST_SERVERS_DIR``, the fixtures attach to those (CI's servers are
-left running for its ``down``). Otherwise they start their own with :mod:`irnn_search.servers`
+left running for its ``down``). Otherwise they start their own with :mod:`irnn_search.dev.servers`
 when the PostgreSQL binaries are found, and skip when they are not. A bare
 ``IRNN_SEARCH_TEST_MLFLOW_URI`` (a server we do not control) gives an ``mlflow_server`` whose
 ``stop()``/``start()`` skip the test.
@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from irnn_search.servers import (
+from irnn_search.dev.servers import (
     Dashboard,
     MlflowServer,
     Postgres,

@@ -1,4 +1,4 @@
-"""irnn_search.servers against the real programs: PostgreSQL, the MLflow server, optuna-dashboard."""
+"""irnn_search.dev.servers against the real programs: PostgreSQL, the MLflow server, optuna-dashboard."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from irnn_search import servers
-from irnn_search.servers import Postgres, ServerError
+from irnn_search.dev import servers
+from irnn_search.dev.servers import Postgres, ServerError, postgres, process
 from tests.servers_fixtures import unique_name
 
 psycopg = pytest.importorskip("psycopg")
@@ -137,7 +137,7 @@ def test_an_initdb_failure_and_missing_binaries_are_one_clear_line(tmp_path: Pat
 def test_missing_server_binaries_name_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("IRNN_SEARCH_PG_BINDIR", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(servers, "SYSTEM_POSTGRESQL", tmp_path)
+    monkeypatch.setattr(postgres, "SYSTEM_POSTGRESQL", tmp_path)
     with pytest.raises(ServerError, match=r"PostgreSQL server binaries .* not found: install PostgreSQL"):
         servers.find_postgres_bindir()
 
@@ -179,10 +179,10 @@ def test_the_mlflow_server_stops_with_all_its_processes_and_starts_again(mlflow_
     if not isinstance(mlflow_server, servers.MlflowServer):
         pytest.skip("the MLflow server is not ours")
     pid = mlflow_server.pid
-    tree = [pid, *servers._descendants(pid)]
+    tree = [pid, *process.descendants(pid)]
     assert len(tree) >= 2  # mlflow starts uvicorn
     mlflow_server.stop()
-    assert not any(servers._alive(p) for p in tree)
+    assert not any(process.alive(p) for p in tree)
     assert not servers.port_in_use(mlflow_server.port)
     with pytest.raises(OSError):
         urllib.request.urlopen(mlflow_server.uri + "/health", timeout=2)
@@ -206,7 +206,7 @@ def test_the_dashboard_lists_the_studies_of_its_storage(pg_database: str, dashbo
 
 def _servers(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "irnn_search.servers", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "irnn_search", "servers", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -249,3 +249,19 @@ def test_up_leaves_servers_running_writes_the_env_file_and_down_stops_them() -> 
     finally:
         servers.down(folder, say=lambda _: None)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_servers_commands_cost_the_runtime_cli_no_import_of_the_servers(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from irnn_search.cli import app
+
+    code = "import sys, irnn_search.cli; print('irnn_search.dev.servers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", "registering `servers` imported the servers"
+    usage = CliRunner().invoke(app, ["servers", "up", "--help"])
+    assert usage.exit_code == 0
+    for option in ("--dir", "--mlflow", "--dashboard", "--no-fsync"):
+        assert option in usage.output
+    nothing = CliRunner().invoke(app, ["servers", "down", "--dir", str(tmp_path)])
+    assert (nothing.exit_code, nothing.output) == (0, "")

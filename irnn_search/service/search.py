@@ -42,8 +42,6 @@ from irnn_search.service.attempt import TAKEN_OVER, UNFIT, Attempt, Heartbeats, 
 from irnn_search.service.preflight import environmental, unfit_studies
 from irnn_search.service.storage import (
     DEVICE_S,
-    GRACE_S,
-    HEARTBEAT_S,
     PACK_SLOTS,
     RETRY_S,
     StaleCallback,
@@ -51,6 +49,7 @@ from irnn_search.service.storage import (
     open_storage,
     trial_groups,
 )
+from irnn_search.settings import GRACE_S, HEARTBEAT_S
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from irnn_search.servers import free_port
+from irnn_search.dev.servers import free_port
 from tests.service.test_search import _spec
 
 pytestmark = pytest.mark.skipif(

@@ -126,7 +126,7 @@ def test_no_trial_is_declared_stale_right_after_an_outage_nor_one_this_process_b
     live workers a grace period to beat again before it fails their trials."""
     import time
 
-    from irnn_search.service import storage as storage_module
+    from irnn_search.service.storage import resilient
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     beater = ResilientRDBStorage(url, heartbeat_interval=1, grace_period=1)
@@ -138,7 +138,7 @@ def test_no_trial_is_declared_stale_right_after_an_outage_nor_one_this_process_b
 
     # the beater's heartbeat call is stuck retrying (the server is down for it): its trial is alive to it
     release = threading.Event()
-    monkeypatch.setattr(storage_module, "_record_heartbeat", lambda self, trial_id: release.wait(10))
+    monkeypatch.setattr(resilient, "_record_heartbeat", lambda self, trial_id: release.wait(10))
     beat = threading.Thread(target=beater.record_heartbeat, args=(tid,))
     beat.start()
     try:
@@ -554,3 +554,60 @@ def test_writes_lost_after_their_commit_are_read_back_not_repeated(
     storage.set_trial_state_values(asked._trial_id, TrialState.FAIL)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_state_values(asked._trial_id, TrialState.COMPLETE, [2.0])
+
+
+def test_study_creations_and_deletions_lost_after_their_commit_are_read_back_not_repeated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blind retry raised DuplicatedStudyError for the study it had just created, created a second
+    study when it had no name, and raised KeyError for the study it had just deleted."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = ResilientRDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", retry_s=10)
+    armed = _lose_the_next_commits_reply(monkeypatch)
+
+    armed.append(1)
+    named = optuna.create_study(study_name="lost-create", storage=storage)
+    assert not armed, "the write was lost"
+    armed.append(1)
+    unnamed = optuna.create_study(storage=storage)
+    assert not armed
+    studies = {s.study_name: s._study_id for s in storage.get_all_studies()}
+    assert studies == {"lost-create": named._study_id, unnamed.study_name: unnamed._study_id}
+
+    # a name another process's study holds is still a duplicate
+    with pytest.raises(optuna.exceptions.DuplicatedStudyError):
+        optuna.create_study(study_name="lost-create", storage=storage)
+
+    armed.append(1)
+    optuna.delete_study(study_name="lost-create", storage=storage)
+    assert not armed
+    assert [s.study_name for s in storage.get_all_studies()] == [unnamed.study_name]
+
+
+def test_every_call_of_optunas_storage_is_retried_or_read_back() -> None:
+    """The retried calls are declared one by one: a call Optuna adds must not go unretried."""
+    from optuna.storages import RDBStorage
+
+    from irnn_search.service.storage.resilient import NOT_RETRIED
+
+    cached_backend_calls = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials"}
+    calls = {n for n, f in vars(RDBStorage).items() if callable(f) and not n.startswith("_")} | cached_backend_calls
+    declared = set(vars(ResilientRDBStorage))
+    assert calls - set(NOT_RETRIED) - declared == set()
+    assert set(NOT_RETRIED) & declared == set()
+
+
+def test_importing_the_storage_changes_nothing_in_optuna() -> None:
+    """The completion-time listener is registered when a resilient storage is made, not on import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import irnn_search.service.storage\n"
+        "from optuna.storages._rdb import models\n"
+        "from sqlalchemy import event\n"
+        "from irnn_search.service.storage import resilient\n"
+        "print(event.contains(models.TrialModel._datetime_complete_utc, 'set', resilient._completion_set))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

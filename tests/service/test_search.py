@@ -11,15 +11,11 @@ from typer.testing import CliRunner
 
 from irnn_search.cli import app
 from irnn_search.search.spec import load_spec
+from irnn_search.service.budget import usage
+from irnn_search.service.recovery import requeue_released
 from irnn_search.service.report import render, rows_for
-from irnn_search.service.search import (
-    SearchError,
-    load_studies,
-    open_studies,
-    requeue_released,
-    usage,
-    work,
-)
+from irnn_search.service.studies import SearchError, load_studies, open_studies
+from irnn_search.service.worker import work
 
 TINY = """
 [study]
@@ -81,7 +77,8 @@ def test_a_changed_spec_under_the_same_name_is_refused(tmp_path: Path, storage: 
 
 def test_a_changed_budget_is_taken_and_the_study_goes_on(tmp_path: Path, storage: str) -> None:
     # As with Optuna's n_trials: more (or fewer) trials for a study that is already running.
-    from irnn_search.service.search import budget_left, stored_spec
+    from irnn_search.service.budget import budget_left
+    from irnn_search.service.studies import stored_spec
 
     first = open_studies(load_spec(_spec(tmp_path, trials=3)), storage)["irnn"]
     n = len(first.trials)
@@ -146,12 +143,12 @@ def test_a_failing_trial_fails_alone_and_the_worker_carries_on(
     """A trial's own error fails it (missing data is the machine's fault: tests/service/test_preflight.py)."""
     import dataclasses
 
-    import irnn_search.service.search as search
+    import irnn_search.service.objective as objective
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the trial's own error")
 
-    monkeypatch.setattr(search, "train", broken)
+    monkeypatch.setattr(objective, "train", broken)
     spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
     studies = open_studies(spec, storage)
     ran = work({s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "c", stop=threading.Event())
@@ -191,7 +188,8 @@ def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_atte
 ) -> None:
     import dataclasses
 
-    from irnn_search.service.search import Janitor, budget_left
+    from irnn_search.service.budget import budget_left
+    from irnn_search.service.recovery import Janitor
 
     spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=1)), warm_start=False)
     study = open_studies(spec, storage)["irnn"]
@@ -375,7 +373,7 @@ def test_bad_spec_and_unreachable_storage_are_one_clear_line(tmp_path: Path, mon
 def test_a_trial_started_in_the_same_instant_as_the_last_budgeted_one_stands_down(tmp_path: Path, storage: str) -> None:
     import dataclasses
 
-    from irnn_search.service.search import make_objective
+    from irnn_search.service.objective import make_objective
 
     spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
     study = open_studies(spec, storage)["irnn"]
@@ -400,7 +398,7 @@ def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_r
     study with a trial stuck RUNNING and no worker to notice."""
     import warnings
 
-    from irnn_search.service.search import open_for_work
+    from irnn_search.service.worker import open_for_work
 
     spec = load_spec(_spec(tmp_path, trials=2, steps=40))
     (study,) = open_studies(spec, storage).values()
@@ -425,10 +423,9 @@ def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_r
 
 def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The worker set-up was written twice and the copies drifted: `launch --workers N` spawned
-    # workers that ignored IRNN_SEARCH_DB_RETRY_S. Both the spawn and the worker now pass it on.
-    import signal
-
-    from irnn_search.service import search
+    # workers that ignored IRNN_SEARCH_DB_RETRY_S. Both now build their WorkerOptions from the
+    # settings in one place and start through the same `serve`.
+    from irnn_search.service import pool, worker
 
     spawned: list[tuple] = []
 
@@ -444,7 +441,9 @@ def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monk
         monkeypatch.delenv(var, raising=False)
     result = CliRunner().invoke(app, ["launch", str(_spec(tmp_path)), "--workers", "2", "--no-report"])
     assert len(spawned) == 2, result.output
-    assert all(args[-1] == 7 for args in spawned)
+    (options,), (second,) = spawned
+    assert options.retry_s == second.retry_s == 7 and options.stream != second.stream
+    assert options.watch_parent and options.quiet and not options.auto_upgrade
 
     seen: dict[str, object] = {}
 
@@ -452,9 +451,11 @@ def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monk
         seen.update(kwargs)
         raise SystemExit(0)
 
-    monkeypatch.setattr(search, "open_for_work", open_for_work)
-    monkeypatch.setattr(signal, "signal", lambda *a: None)
-    monkeypatch.setattr(search, "watch_parent", lambda *a: None)
+    monkeypatch.setattr(worker, "open_for_work", open_for_work)
+    monkeypatch.setattr(worker, "watch_parent", lambda *a: None)
     with pytest.raises(SystemExit):
-        search.worker_process(*spawned[0])
+        pool.worker_process(options)
+    assert seen["retry_s"] == 7
+    seen.clear()
+    CliRunner().invoke(app, ["worker", "--no-track"])  # and `irnn-search worker`, through the same entry
     assert seen["retry_s"] == 7

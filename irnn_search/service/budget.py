@@ -56,11 +56,20 @@ def _counts_against_budget(t: FrozenTrial) -> bool:
 def surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
     """Whether earlier trials (by number, which Optuna assigns atomically) already fill the trial
     budget. Two workers that pass ``budget_left`` at the same instant both create a trial; the
-    later-numbered one then stands down, so the budget is never overshot."""
+    later-numbered one then stands down.
+
+    A re-queued attempt (interrupted or lost) is judged as of its lineage's first trial, which
+    was admitted when it started: its continuation is owed even when trials numbered in between
+    fill the budget now. Dropping it as surplus would leave the lineage unfinished for good; the
+    price is that a fresh trial started in the instant between a trial's release and its
+    re-queue can take the budget one trial over.
+    """
     if model.budget.trials is None:
         return False
+    lineage = trial.user_attrs.get("lineage", trial.number)
+    first = lineage if type(lineage) is int and 0 <= lineage < trial.number else trial.number
     states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    ahead = sum(g.count for g in _groups(trial.study, before=trial.number) if g.state in states and g.counts)
+    ahead = sum(g.count for g in _groups(trial.study, before=first) if g.state in states and g.counts)
     return ahead >= model.budget.trials
 
 

@@ -390,6 +390,37 @@ def test_a_trial_started_in_the_same_instant_as_the_last_budgeted_one_stands_dow
     del first, second
 
 
+def test_a_requeued_attempt_is_never_dropped_as_surplus_when_a_trial_raced_its_requeue(
+    tmp_path: Path, storage: str
+) -> None:
+    """Issue 17: a lost trial's lineage was admitted when it started; a fresh trial created in the
+    instant between the janitor failing it and re-queueing it must not push the re-queued copy
+    out as surplus, or the lineage is never finished."""
+    import dataclasses
+
+    from irnn_search.service.objective import make_objective
+    from irnn_search.service.recovery import Janitor
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    first, lost = study.ask(), study.ask()  # two workers' trials; the second worker then dies
+    lost.suggest_float("identity_scale", 0.1, 1.0)
+    frozen = study.tell(lost, state=TrialState.FAIL)  # a janitor fails it...
+    racer = study.ask()  # ...a third worker passes budget_left and starts a fresh trial...
+    Janitor().on_stale(study, frozen)  # ...and the janitor re-queues the lost one
+    copy = study.ask()
+    assert copy.user_attrs["retry_of"] == lost.number
+
+    objective = make_objective(spec, "irnn", checkpoint_root=tmp_path / "c")
+    value = objective(copy)  # the lineage goes on: it trains, it does not stand down
+    study.tell(copy, value)
+    assert study.trials[copy.number].user_attrs["outcome"] == "complete"
+    late = study.ask()  # but a fresh trial after it is surplus: the budget is full
+    with pytest.raises(optuna.TrialPruned, match="budget was met"):
+        objective(late)
+    del first, racer
+
+
 def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_runs_it(
     tmp_path: Path, storage: str
 ) -> None:

@@ -272,7 +272,7 @@ def open_for_work(
     return studies, janitor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Context:
     """What every trial a worker runs shares."""
 
@@ -285,6 +285,7 @@ class _Context:
     ledger: Ledger | None
     worker_id: int | None
     pack: int
+    max_lost: int  # the janitor's: an interrupted attempt is re-queued under the same limit
     #: (seconds, poll interval) to wait when every budget is met only because trials are still
     #: running on other workers (see ``_Loop.linger``)
     linger: tuple[float, float]
@@ -313,8 +314,9 @@ def work(
     every ``janitor_interval_s`` (default: the storage's heartbeat interval).
     """
     specs = {name: stored_spec(s) for name, s in studies.items()}
+    max_lost = janitor.max_lost if janitor is not None else MAX_LOST
     for s in studies.values():
-        requeue_released(s, max_lost=janitor.max_lost if janitor is not None else MAX_LOST)
+        requeue_released(s, max_lost=max_lost)
     worker_id = ledger.start_worker(device) if ledger is not None else None
     done = threading.Event()
     linger = (0.0, 0.0)
@@ -329,7 +331,19 @@ def work(
         # A worker that died up to one grace period after this one ran out of work is seen by this
         # one's janitor within grace + 2 intervals more; its re-queued trial is then run here.
         linger = (2 * janitor.grace_s + 2 * interval, min(interval, 2.0))
-    context = _Context(device, checkpoint_root, stop, on_trial, on_start, tracker, ledger, worker_id, pack, linger)
+    context = _Context(
+        device=device,
+        checkpoint_root=checkpoint_root,
+        stop=stop,
+        on_trial=on_trial,
+        on_start=on_start,
+        tracker=tracker,
+        ledger=ledger,
+        worker_id=worker_id,
+        pack=pack,
+        max_lost=max_lost,
+        linger=linger,
+    )
     try:
         return _Loop(studies, specs, context).run()
     finally:
@@ -441,7 +455,7 @@ class _Loop:
             stop=self.c.stop,
             may_start=may_start,
             surplus=lambda trial: surplus(trial, model),
-            requeue=requeue,
+            requeue=lambda study, trial, reason: requeue(study, trial, reason, max_lost=self.c.max_lost),
             on_trial=self._trial_done,
             on_start=self.c.on_start,
             tracker=self.c.tracker,
@@ -470,7 +484,7 @@ class _Loop:
         )
         finished = run_one(study, objective)
         if finished is not None and released(finished):  # interrupted: back in the queue at once
-            requeue(study, finished, finished.user_attrs.get("reason", "interrupted"))
+            requeue(study, finished, finished.user_attrs.get("reason", "interrupted"), max_lost=self.c.max_lost)
         self._idle()
         if finished is not None:
             self._trial_done(name, finished)

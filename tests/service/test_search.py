@@ -226,6 +226,30 @@ def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_atte
     assert f"- irnn trial {last.number}: gave up: the worker running this trial died on 3 attempts" in report
 
 
+def test_an_interrupted_attempt_is_requeued_under_the_workers_lost_attempts_limit(tmp_path: Path, storage: str) -> None:
+    """A lineage lost 3 times under IRNN_SEARCH_MAX_LOST_ATTEMPTS=5 is still queued; its next
+    attempt, stopped by SIGTERM, is re-queued again (an interruption does not count), not given
+    up under the default limit of 3."""
+    import dataclasses
+
+    from irnn_search.service.recovery import Janitor
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, steps=3000, trials=1, lr="1e-3", clip="1")), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    janitor = Janitor(max_lost=5)
+    for _ in range(3):  # its worker dies three times
+        trial = study.ask()
+        trial.suggest_float("identity_scale", 0.1, 1.0)
+        janitor.on_stale(study, study.tell(trial, state=TrialState.FAIL))
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=stop, janitor=janitor, janitor_interval_s=60)
+    interrupted, last = study.trials[-2:]
+    assert interrupted.user_attrs["outcome"] == "interrupted" and interrupted.user_attrs["lost_attempts"] == 3
+    assert last.state == TrialState.WAITING and last.user_attrs["retry_of"] == interrupted.number
+    assert last.user_attrs["lost_attempts"] == 3 and "gave_up" not in last.user_attrs
+
+
 @pytest.mark.parametrize("spec_name", ["tiny", "../../../escaped"])
 def test_a_study_planted_under_a_path_escaping_name_is_refused_and_writes_nothing_outside_home(
     tmp_path: Path, storage: str, spec_name: str

@@ -5,14 +5,14 @@ really use (``irnn_search.service.storage.open_storage``: the retrying ``RDBStor
 pre-ping, heartbeats on, wrapped in Optuna's ``_CachedStorage`` by ``load_study``), with the
 sampler and pruner of ``studies/pmnist.toml`` (TPE with constant liar, ASHA) and the model ``irnn``
 sampled by the real ``irnn_search.search.space.suggest``. Per trial, in the order of our worker
-loop (``service.search._loop`` and ``run_one``):
+loop (``service.worker`` and ``service.objective.run_one``):
 
-- ``usage``          ``service.search.usage(study)``: the budget check before each pick (one
+- ``usage``          ``service.budget.usage(study)``: the budget check before each pick (one
                      aggregate query by state and outcome)
 - ``janitor sweep``  ``optuna.storages.fail_stale_trials``: the worker's janitor thread runs it every
                      heartbeat interval (10 s), so once per 10-s trial; timed here in line
 - ``ask``            ``study.ask()``: creates the trial row
-- ``surplus check``  ``service.search._surplus``: the objective's first read (the same query)
+- ``surplus check``  ``service.budget.surplus``: the objective's first read (the same query)
 - ``suggest``        ``space.suggest``: the sampler (TPE's CPU) plus one write per parameter
 - ``heartbeat``      ``storage.record_heartbeat`` (once per trial, as a 10-s trial does)
 - ``report``         ``trial.report(value, step)``, ``--reports`` times
@@ -78,7 +78,8 @@ from irnn_search.masking import mask_secrets
 from irnn_search.search.space import PruneGate, build_pruner, build_sampler, suggest
 from irnn_search.search.spec import ModelSpec, PrunerSpec, StudySpec
 from irnn_search.search.validate import load_spec
-from irnn_search.service.search import Janitor, _surplus, usage
+from irnn_search.service.budget import surplus, usage
+from irnn_search.service.recovery import Janitor
 from irnn_search.service.storage import open_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,7 +195,7 @@ def run_trial(
     with timer("ask"):
         trial = study.ask()
     with timer("surplus check"):
-        _surplus(trial, model)
+        surplus(trial, model)
     with timer("user attrs"):
         trial.set_user_attr("lineage", trial.number)
     with timer("suggest"):

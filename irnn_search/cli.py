@@ -424,7 +424,7 @@ def _progress_table(spec: Any, studies: dict[str, Any], workers: int) -> Any:
     from rich.table import Table
 
     from irnn_search.service.answer import answer, lines_for
-    from irnn_search.service.search import usage
+    from irnn_search.service.budget import usage
 
     table = Table(title=f"{spec.name}: {spec.task} {spec.task_options}", title_justify="left", box=box.SIMPLE_HEAD)
     # Short headers: the table stays whole in an 80-column terminal.
@@ -481,14 +481,9 @@ def launch_cmd(
     """Create or resume the studies of a spec (idempotent) and run them until their budgets are met."""
     from irnn_search.search.spec import SpecError
     from irnn_search.service.answer import lineages
-    from irnn_search.service.search import (
-        SearchError,
-        close_tracking,
-        default_threads,
-        open_studies,
-        start_workers,
-        stop_workers,
-    )
+    from irnn_search.service.pool import start_workers, stop_workers
+    from irnn_search.service.studies import SearchError, close_tracking, open_studies
+    from irnn_search.service.worker import WorkerOptions
 
     settings = _settings()
     spec = _load_spec(spec_name, studies_dir)
@@ -562,21 +557,16 @@ def launch_cmd(
         received.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    procs = start_workers(
-        settings.storage_url,
-        [s.study_name for s in studies.values()],
-        workers=workers,
+    options = WorkerOptions.from_settings(
+        settings,
+        studies=[s.study_name for s in studies.values()],
         device=device,
-        checkpoint_root=settings.checkpoint_root.resolve(),
-        threads=threads or settings.threads or default_threads(device, pack, workers),
-        mlflow_uri=settings.mlflow_tracking_uri if tracker else None,
-        mlflow_artifact_root=settings.mlflow_artifact_root if tracker else None,
-        db_url=settings.db_url,
-        heartbeat=(settings.heartbeat_s, settings.grace_s),
+        threads=threads,
         pack=pack,
-        max_lost=settings.max_lost_attempts,
-        retry_s=settings.db_retry_s,
+        track=tracker is not None,
+        workers=workers,
     )
+    procs = start_workers(options, workers=workers)
     from rich.live import Live
 
     try:
@@ -640,7 +630,7 @@ def report_cmd(
     ] = "studies",
 ) -> None:
     """Best per model vs the published settings and numbers, compute used, and plots."""
-    from irnn_search.service.search import SearchError
+    from irnn_search.service.studies import SearchError
 
     if fmt not in ("md", "json", "csv"):
         raise _fail(f"--format must be md, json or csv; got {fmt!r}")
@@ -699,7 +689,8 @@ def _status_data(settings: Any) -> dict[str, Any]:
     """What ``status`` shows, as plain data: every study's usage, and the workers alive (None when
     our experiment database cannot be read)."""
     from irnn_search.service.answer import answer, lines_for
-    from irnn_search.service.search import load_studies, stored_spec, usage
+    from irnn_search.service.budget import usage
+    from irnn_search.service.studies import load_studies, stored_spec
 
     try:
         studies = load_studies(settings.storage_url)
@@ -820,63 +811,41 @@ def worker_cmd(
     """
     import os
     import socket
-    import threading
 
     import torch
 
-    from irnn_search.service.search import SearchError, default_threads, open_for_work, work
-    from irnn_search.tracking import worker_http_defaults
+    from irnn_search.db.migrate import DatabaseError
+    from irnn_search.service.studies import SearchError
+    from irnn_search.service.worker import StorageUnavailable, WorkerOptions, serve
+    from irnn_search.tracking import TrackingError
 
     settings = _settings()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
-    torch.set_num_threads(threads or settings.threads or default_threads(device, pack))
     _ensure_home(settings, checkpoints=True)  # the embedded stores and checkpoints (a worker may start first)
-    if track:
-        worker_http_defaults()
-    tracker = _tracker(settings, track)
-    ledger = _ledger(settings)
-    try:
-        studies, janitor = open_for_work(
-            settings.storage_url,
-            study,
-            stream=os.getpid(),
-            heartbeat_s=settings.heartbeat_s,
-            grace_s=settings.grace_s,
-            tracker=tracker,
-            ledger=ledger,
-            retry_s=settings.db_retry_s,
-            max_lost=settings.max_lost_attempts,
-        )
-    except SearchError as exc:
-        raise _fail(str(exc)) from None
-    except Exception as exc:
-        raise _storage_error(exc, settings.storage_url) from None
-    from irnn_search.service.preflight import unfit_studies
-    from irnn_search.service.search import stored_spec
-
-    unfit = unfit_studies({n: stored_spec(s) for n, s in studies.items()}, device)
-    if studies and len(unfit) == len(studies):  # nothing this worker can run: say why once
-        raise _fail(next(iter(unfit.values())))
-    err = _console(stderr=True)
-    for name, why in unfit.items():
-        err.print(f"[yellow]{name}: this worker takes none of its trials: {why}[/]", highlight=False, soft_wrap=True)
-        del studies[name]
-    what = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
-    err.print(
-        f"worker {socket.gethostname()}:{os.getpid()} on [bold]{device}[/] ({what}, {torch.get_num_threads()} "
-        f"thread(s)){f', packs of up to {pack} trials' if pack > 1 else ''}; studies: {', '.join(studies) or 'none'}; "
-        f"heartbeat {settings.heartbeat_s} s, "
-        f"lost after {settings.grace_s} s",
-        highlight=False,
+    options = WorkerOptions.from_settings(
+        settings, studies=study, device=device, threads=threads, pack=pack, track=track
     )
-    stop = threading.Event()
+    err = _console(stderr=True)
 
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
+    def on_ready(names: list[str], unfit: dict[str, str]) -> None:
+        if unfit and not names:  # nothing this worker can run: say why once
+            raise _fail(next(iter(unfit.values())))
+        for name, why in unfit.items():
+            err.print(
+                f"[yellow]{name}: this worker takes none of its trials: {why}[/]", highlight=False, soft_wrap=True
+            )
+        what = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
+        err.print(
+            f"worker {socket.gethostname()}:{os.getpid()} on [bold]{device}[/] ({what}, {torch.get_num_threads()} "
+            f"thread(s)){f', packs of up to {pack} trials' if pack > 1 else ''}; "
+            f"studies: {', '.join(names) or 'none'}; "
+            f"heartbeat {settings.heartbeat_s} s, lost after {settings.grace_s} s",
+            highlight=False,
+        )
+
+    def on_stop(signum: int) -> None:
         err.print("[yellow]stopping after the current step; the trial is checkpointed and re-queued[/]")
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def on_start(trial: Any, params: dict[str, Any]) -> None:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
@@ -891,22 +860,17 @@ def worker_cmd(
         err.print(f"{name} trial {trial.number}: {outcome}{value} {reason}".rstrip(), highlight=False)
 
     try:
-        ran = work(
-            studies,
-            device=device,
-            checkpoint_root=settings.checkpoint_root.resolve(),
-            stop=stop,
-            on_trial=on_trial,
-            on_start=on_start,
-            tracker=tracker,
-            ledger=ledger,
-            janitor=janitor,
-            pack=pack,
-        )
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if not studies and not stop.is_set():
+        served = serve(options, on_ready=on_ready, on_stop=on_stop, on_start=on_start, on_trial=on_trial)
+    except SearchError as exc:
+        raise _fail(str(exc)) from None
+    except StorageUnavailable as exc:
+        cause = exc.__cause__
+        raise _storage_error(cause if isinstance(cause, Exception) else exc, settings.storage_url) from None
+    except TrackingError as exc:
+        raise _fail(str(exc), "check IRNN_SEARCH_MLFLOW_URI, or pass --no-track") from None
+    except DatabaseError as exc:
+        raise _fail(str(exc)) from None
+    if not served.studies and not served.stopped:
         from irnn_search.settings import mask_url
 
         err.print(
@@ -916,7 +880,7 @@ def worker_cmd(
             highlight=False,
         )
         return
-    err.print(f"{ran} trial(s) run; " + ("stopped" if stop.is_set() else "every budget is met"))
+    err.print(f"{served.ran} trial(s) run; " + ("stopped" if served.stopped else "every budget is met"))
 
 
 @app.command("dashboard")

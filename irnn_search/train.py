@@ -19,18 +19,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from irnn_search.checkpoint import TrainError, atomic_save, build_checkpoint, restore_checkpoint, run_identity
 from irnn_search.models.base import RecurrentModel, State, detach_state, state_abs_max
+from irnn_search.outcome import Outcome
 from irnn_search.tasks.base import Batch, Split, Task, derive_seed
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
-Outcome = Literal["completed", "diverged", "stopped", "interrupted"]
 
 #: report(step, metrics) -> True to stop the run early (e.g. a pruner); may also raise.
 ReportHook = Callable[[int, dict[str, float]], bool | None]
@@ -266,12 +265,12 @@ def train(
 
     def diverged(why: str) -> TrainResult:
         log.warning("run diverged: %s", why)
-        return result("diverged", f"diverged: {why}")
+        return result(Outcome.DIVERGED, f"diverged: {why}")
 
     while step < config.steps:
         if stop is not None and stop.is_set():
             save()
-            return result("interrupted", f"interrupted at step {step}; resume from the checkpoint")
+            return result(Outcome.INTERRUPTED, f"interrupted at step {step}; resume from the checkpoint")
 
         # -- one optimizer step ----------------------------------------------------------------
         t0 = time.perf_counter()
@@ -329,6 +328,6 @@ def train(
             if improved:
                 save("best.pt")
             if report is not None and report(step, metrics):
-                return result("stopped", f"stopped by the report hook at step {step}")
+                return result(Outcome.STOPPED, f"stopped by the report hook at step {step}")
 
-    return result("completed", f"completed {step} steps")
+    return result(Outcome.COMPLETED, f"completed {step} steps")

@@ -120,7 +120,8 @@ def test_workers_train_and_report_them_and_an_unpacked_family_trains_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from irnn_search.service.report import render, rows_for
-    from irnn_search.service.search import load_studies, open_studies, work
+    from irnn_search.service.studies import load_studies, open_studies
+    from irnn_search.service.worker import work
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -129,7 +130,7 @@ def test_workers_train_and_report_them_and_an_unpacked_family_trains_alone(
     spec = load_spec(path)
     open_studies(spec, storage)
     studies = load_studies(storage)
-    with caplog.at_level(logging.WARNING, logger="irnn_search.service.search"):
+    with caplog.at_level(logging.WARNING, logger="irnn_search.service.worker"):
         ran = work(studies, checkpoint_root=tmp_path / "ckpt", stop=threading.Event(), pack=2)
     assert ran == 4
     assert "study plugged.gru trains one trial at a time: model family 'gru' has no packed implementation" in (

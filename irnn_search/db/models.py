@@ -30,11 +30,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from irnn_search.outcome import RECORDED
+
 #: every table of ours starts with this, and only ours do (Alembic's filters rely on it)
 TABLE_PREFIX = "irnn_"
 
 STUDY_STATUSES = ("open", "finished")
-OUTCOMES = ("complete", "pruned", "diverged", "failed", "interrupted", "lost")
+#: what a trial run may end as (its check constraint: the order is the constraint's, keep it)
+OUTCOMES = tuple(o.value for o in RECORDED)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

@@ -31,6 +31,7 @@ from irnn_search.db.models import (
     WorkerRow,
     utcnow,
 )
+from irnn_search.outcome import Outcome
 
 RowT = TypeVar("RowT")
 
@@ -337,7 +338,7 @@ def mark_lost(session: Session, *, study_name: str, trial_number: int, reason: s
     ).first()
     if row is None:
         return False
-    row.outcome = "lost"
+    row.outcome = Outcome.LOST.value
     row.reason = reason
     row.finished_at = utcnow()
     session.flush()

@@ -39,6 +39,7 @@ import torch
 
 from irnn_search.checkpoint import TrainError, atomic_save, build_checkpoint, restore_checkpoint, run_identity
 from irnn_search.models.base import RecurrentModel, State
+from irnn_search.outcome import Outcome
 from irnn_search.packed.families import (
     PackedModel,
     ordered_params,
@@ -52,7 +53,6 @@ from irnn_search.tasks.base import Batch, Task
 # train()'s own phases, so a member's steps, divergence checks and evaluations are train()'s by
 # construction rather than by a copy that could drift.
 from irnn_search.train import (
-    Outcome,
     ProgressHook,
     ReportHook,
     TrainConfig,
@@ -196,7 +196,7 @@ def _start(member: Member) -> _Run:
 
 
 def _empty_result(member: Member, reason: str, error: BaseException) -> PackedResult:
-    empty = TrainResult(outcome="stopped", reason=reason, step=0, steps_per_s=0.0, final={}, best={})
+    empty = TrainResult(outcome=Outcome.STOPPED, reason=reason, step=0, steps_per_s=0.0, final={}, best={})
     return PackedResult(member, empty, error)
 
 
@@ -363,7 +363,7 @@ class PackedTrainer:
             log.warning("%s could not start: %s", member.name or member.model.family, exc)
             return _empty_result(member, f"could not start: {exc}", exc)
         if run.step >= member.config.steps:  # resumed at or past its budget: nothing to train
-            return run.result("completed", f"completed {run.step} steps")
+            return run.result(Outcome.COMPLETED, f"completed {run.step} steps")
         key = pack_key(member.model, member.task, member.config.device)
         limit = self.limits.get(key, math.inf)
         parts = [part for k, part in self.packs if k == key]
@@ -387,7 +387,7 @@ class PackedTrainer:
             (run,) = runs
             log.warning("%s does not fit in %s memory even alone: %s", run.label, pack.device, why)
             error = torch.OutOfMemoryError(f"the trial does not fit in {pack.device} memory, even alone: {why}")
-            return run.result("stopped", f"out of {pack.device} memory at step {run.step}", error)
+            return run.result(Outcome.STOPPED, f"out of {pack.device} memory at step {run.step}", error)
         half = (len(runs) + 1) // 2
         self.limits[key] = min(self.limits.get(key, half), half)
         log.warning(
@@ -428,7 +428,7 @@ class PackedTrainer:
                 run = pack.runs[k]
                 pack.sync(k)  # parameters of the last finite step: the bad update was skipped
                 log.warning("%s diverged: %s", run.label, reason)
-                gone[k] = run.result("diverged", f"diverged: {reason}")
+                gone[k] = run.result(Outcome.DIVERGED, f"diverged: {reason}")
             due = [
                 k
                 for k, r in enumerate(pack.runs)
@@ -442,7 +442,7 @@ class PackedTrainer:
             for k, r in enumerate(pack.runs):
                 if k not in gone and r.step >= r.member.config.steps:
                     pack.sync(k)
-                    gone[k] = r.result("completed", f"completed {r.step} steps")
+                    gone[k] = r.result(Outcome.COMPLETED, f"completed {r.step} steps")
             if gone:
                 left.extend(gone[k] for k in sorted(gone))
                 remaining = [r for k, r in enumerate(pack.runs) if k not in gone]
@@ -475,7 +475,7 @@ class PackedTrainer:
             run.save()
             why = f"validation {task.metric} is {metrics.get(key)} at step {run.step}"
             log.warning("%s diverged: %s", run.label, why)
-            return run.result("diverged", f"diverged: {why}")
+            return run.result(Outcome.DIVERGED, f"diverged: {why}")
         improved = _better(task, metrics[key], run.best.get(key))
         if improved:
             run.best = dict(metrics)
@@ -485,10 +485,10 @@ class PackedTrainer:
         if run.member.report is not None:
             try:
                 if run.member.report(run.step, metrics):
-                    return run.result("stopped", f"stopped by the report hook at step {run.step}")
+                    return run.result(Outcome.STOPPED, f"stopped by the report hook at step {run.step}")
             except Exception as exc:  # e.g. optuna.TrialPruned: this member's business only
                 reason = f"report hook raised {type(exc).__name__} at step {run.step}"
-                return run.result("stopped", reason, exc)
+                return run.result(Outcome.STOPPED, reason, exc)
         return None
 
     def interrupt(self, reason: str = "interrupted") -> list[PackedResult]:
@@ -498,7 +498,7 @@ class PackedTrainer:
             for k, run in enumerate(pack.runs):
                 pack.sync(k)
                 run.save()
-                left.append(run.result("interrupted", f"{reason} at step {run.step}; resume from the checkpoint"))
+                left.append(run.result(Outcome.INTERRUPTED, f"{reason} at step {run.step}; resume from the checkpoint"))
         self.packs.clear()
         return left
 

@@ -16,11 +16,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from irnn_search.outcome import Outcome
 from irnn_search.search.spec import StudySpec
-from irnn_search.service.search import device_seconds, released
+from irnn_search.service.budget import device_seconds, usage
+from irnn_search.service.recovery import released
+from irnn_search.service.studies import stored_spec
 
-#: how a lineage ended, in the words the report prints
-ENDED = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+#: how a lineage ended when its trial recorded no outcome, in the words the report prints
+ENDED = {TrialState.COMPLETE: Outcome.COMPLETE, TrialState.PRUNED: Outcome.PRUNED, TrialState.FAIL: Outcome.FAILED}
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def lineages(trials: list[FrozenTrial]) -> list[Lineage]:
     (created past the budget, never trained) are left out."""
     out: dict[int, Lineage] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        if t.user_attrs.get("outcome") == "surplus":
+        if t.user_attrs.get("outcome") == Outcome.SURPLUS:
             continue
         key = int(t.user_attrs.get("lineage", t.number))
         lin = out.get(key)
@@ -113,11 +116,11 @@ def lineages(trials: list[FrozenTrial]) -> list[Lineage]:
         elif t.state == TrialState.WAITING:
             lin.ended = "waiting"
         elif released(t):
-            lin.ended = "interrupted"
+            lin.ended = Outcome.INTERRUPTED.value
         else:
             lin.ended = str(t.user_attrs.get("outcome") or ENDED.get(t.state, t.state.name.lower()))
-            if lin.ended == "complete" and t.state == TrialState.PRUNED:
-                lin.ended = "pruned"
+            if lin.ended == Outcome.COMPLETE and t.state == TrialState.PRUNED:
+                lin.ended = Outcome.PRUNED.value
         lin.reason = t.user_attrs.get("reason", lin.reason)
     return list(out.values())
 
@@ -279,8 +282,6 @@ def publish_summary(study: optuna.Study, tracker: Any) -> None:
     device-hours; logged at step = trials so far) and tags ``best.<param>`` (tags may change,
     params may not). Never raises: the summary must not stop a worker."""
     import logging
-
-    from irnn_search.service.search import stored_spec, usage
 
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if tracker is None or parent is None:

@@ -10,9 +10,9 @@ an ``Attempt``, so a trial is recorded the same way however it was trained:
   intermediate values and pruning to Optuna, ``last.pt`` to the artifact store);
 - ``seed_done``: the seed's result, raising ``optuna.TrialPruned`` (diverged) or
   ``TrialInterrupted`` as the trial's outcome;
-- ``complete`` / ``pruned`` / ``interrupted`` / ``failed``, then ``close``: the MLflow run ends
-  with the status its outcome maps to and our database records the outcome. ``close`` runs
-  whatever happened, so no MLflow run outlives its attempt.
+- ``complete`` (its value) or ``ended`` (what the training raised, read by ``classify``), then
+  ``close``: the MLflow run ends with the status its outcome maps to and our database records
+  the outcome. ``close`` runs whatever happened, so no MLflow run outlives its attempt.
 
 If MLflow is unreachable when the attempt begins, training goes on; the run is created as soon as
 MLflow answers and the metrics reported meanwhile are sent then.
@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.trial import TrialState
 
 from irnn_search.checkpoint import file_digest
+from irnn_search.outcome import Outcome, seed_outcome
 from irnn_search.search.space import PruneGate, build_train_config, suggest
 from irnn_search.search.spec import StudySpec, valid_name
 from irnn_search.service.preflight import EnvironmentProblem, device_problem, environmental
@@ -60,6 +62,36 @@ TAKEN_OVER = (
     "taken over: its heartbeat lapsed, so another worker's janitor failed and re-queued it; "
     "the re-queued trial resumes from the last checkpoint"
 )
+
+
+def classify(exc: BaseException | None, recorded: str | None = None) -> tuple[Outcome, TrialState | None]:
+    """How a trial ended, from what its objective raised (None: it returned its value), and the
+    state to tell Optuna: the one place where an ending is read, for the objective, ``run_one``
+    and packed trials alike.
+
+    Args:
+        exc: what the objective (or a packed member's training) raised.
+        recorded: the trial's ``outcome`` user attr; a pruned trial keeps the one that says why
+            it was pruned (``diverged``, ``surplus``), else it is ``pruned``.
+
+    Returns:
+        (outcome, state). The state is None when another worker's janitor has already failed and
+        re-queued the trial (``TAKEN_OVER``): nothing is told. An environmental error (missing
+        data, no such device, a full disk: ``preflight.environmental``) is not the trial's: it is
+        released as ``interrupted``, like a stop.
+    """
+    if exc is None:
+        return Outcome.COMPLETE, TrialState.COMPLETE
+    if isinstance(exc, optuna.TrialPruned):
+        why = {o.value: o for o in (Outcome.DIVERGED, Outcome.SURPLUS)}.get(recorded or "", Outcome.PRUNED)
+        return why, TrialState.PRUNED
+    if isinstance(exc, TrialInterrupted):
+        return Outcome.INTERRUPTED, TrialState.FAIL
+    if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        return Outcome.LOST, None
+    if environmental(exc) is not None:
+        return Outcome.INTERRUPTED, TrialState.FAIL
+    return Outcome.FAILED, TrialState.FAIL
 
 
 class Heartbeats:
@@ -169,7 +201,7 @@ class Attempt:
         self.last: TrainResult | None = None
         self.values: list[float] = []
         self.value: float | None = None
-        self.outcome, self.reason = "failed", ""
+        self.outcome, self.reason = Outcome.FAILED, ""
         self.started = time.perf_counter()
         self.train_kwargs: dict[str, Any] = {}
         self.model_options: dict[str, Any] = {}
@@ -271,8 +303,7 @@ class Attempt:
             if first and math.isfinite(value):
                 trial.report(value, step)
                 if gate.due(step) and trial.should_prune():
-                    trial.set_user_attr("outcome", "pruned")
-                    trial.set_user_attr("reason", f"pruned by {spec.pruner.name} at step {step}")
+                    self._record(Outcome.PRUNED, f"pruned by {spec.pruner.name} at step {step}")
                     raise optuna.TrialPruned(f"pruned at step {step}")
             return False
 
@@ -367,68 +398,64 @@ class Attempt:
             trial.set_user_attr(f"{BEST_SHA256}{seed}", file_digest(ckpt / "best.pt"))  # checked by the report
         trial.set_user_attr("steps_per_s", result.steps_per_s)
         trial.set_user_attr("parameters", run.model.num_parameters())
-        if result.outcome == "diverged":
-            trial.set_user_attr("outcome", "diverged")
-            trial.set_user_attr("reason", result.reason)
-            raise optuna.TrialPruned(result.reason)
-        if result.outcome == "interrupted":
-            trial.set_user_attr("outcome", "interrupted")
-            trial.set_user_attr("reason", result.reason)
-            raise TrialInterrupted(result.reason)
         value = result.best.get(spec.objective)
-        if value is None or not math.isfinite(value):
-            trial.set_user_attr("outcome", "diverged")
-            trial.set_user_attr("reason", f"no finite {spec.objective} was reached")
-            raise optuna.TrialPruned(f"no finite {spec.objective}")
+        outcome = seed_outcome(result.outcome, value)
+        if outcome == Outcome.INTERRUPTED:
+            self._record(outcome, result.reason)
+            raise TrialInterrupted(result.reason)
+        if outcome == Outcome.DIVERGED or value is None:  # (None is DIVERGED: seed_outcome)
+            ran_out = result.outcome != Outcome.DIVERGED  # it ran to its end without a finite objective
+            self._record(Outcome.DIVERGED, f"no finite {spec.objective} was reached" if ran_out else result.reason)
+            raise optuna.TrialPruned(f"no finite {spec.objective}" if ran_out else result.reason)
         self.values.append(value)
         trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
 
     # -- how it ends ----------------------------------------------------------------------------
+    def _record(self, outcome: Outcome, reason: str) -> None:
+        """The outcome and reason on the trial (plain strings: what every reader of the storage sees)."""
+        self.trial.set_user_attr("outcome", outcome.value)
+        self.trial.set_user_attr("reason", reason)
+
     def complete(self) -> float:
-        self.trial.set_user_attr("outcome", "complete")
-        self.outcome = "complete"
+        self.trial.set_user_attr("outcome", Outcome.COMPLETE.value)
+        self.outcome = Outcome.COMPLETE
         self.value = statistics.fmean(self.values)
         return self.value
 
-    def pruned(self, exc: BaseException) -> None:
-        self.outcome, self.reason = self.trial.user_attrs.get("outcome", "pruned"), str(exc)
+    def ended(self, exc: BaseException) -> TrialState | None:
+        """The trial ended with ``exc`` (``classify``); record how. Returns the state to tell
+        Optuna, None when another worker's janitor has taken the trial over.
 
-    def interrupted(self, exc: BaseException) -> None:
-        self.outcome, self.reason = "interrupted", str(exc)
-
-    def taken_over(self, exc: BaseException) -> None:
-        """Another worker's janitor failed this trial while it ran here (its heartbeats did not
-        reach the storage for a grace period) and re-queued it: stop quietly, touch the trial no
-        more; the checkpoint already in the artifact store is where the re-queued trial resumes."""
-        self.outcome, self.reason = "lost", TAKEN_OVER
-        log.warning("%s trial %d: %s", self.trial.study.study_name, self.trial.number, TAKEN_OVER)
-
-    def failed(self, exc: BaseException) -> None:
-        """A trial's error fails that trial, never the worker. An environmental one (missing data,
-        no such device, a full disk: ``preflight.environmental``) is not the trial's: the trial is
-        released as interrupted (re-queued, not counted against the budget or the lineage's lost
-        attempts) and marked ``UNFIT`` so its worker stops taking the study's trials."""
-        why = environmental(exc)
-        if why is not None:
-            self.outcome, self.reason = "interrupted", f"released: this worker cannot run it: {why}"
-            self.trial.set_user_attr("outcome", "interrupted")
-            self.trial.set_user_attr("reason", self.reason)
+        Taken over: its heartbeats did not reach the storage for a grace period, so a janitor
+        failed and re-queued it; this attempt touches the trial no more, and the checkpoint
+        already in the artifact store is where the re-queued trial resumes. A trial's own error
+        fails that trial, never the worker; an environmental one is the machine's: the trial is
+        released (re-queued, not counted against the budget or the lineage's lost attempts) and
+        marked ``UNFIT`` so its worker stops taking the study's trials.
+        """
+        self.outcome, state = classify(exc, self.trial.user_attrs.get("outcome"))
+        self.reason = str(exc)
+        if state is None:
+            self.reason = TAKEN_OVER
+            log.warning("%s trial %d: %s", self.trial.study.study_name, self.trial.number, TAKEN_OVER)
+        elif self.outcome == Outcome.FAILED:
+            self.reason = f"{type(exc).__name__}: {exc}"
+            self._record(self.outcome, self.reason)
+        elif self.outcome == Outcome.INTERRUPTED and (why := environmental(exc)) is not None:
+            self.reason = f"released: this worker cannot run it: {why}"
+            self._record(self.outcome, self.reason)
             self.trial.set_user_attr(UNFIT, why)
-            return
-        self.reason = f"{type(exc).__name__}: {exc}"
-        self.outcome = "failed"
-        self.trial.set_user_attr("outcome", "failed")
-        self.trial.set_user_attr("reason", self.reason)
+        return state
 
     def close(self) -> None:
         if self.tracker is not None and self.run_id is not None:
-            self.tracker.end_run(self.run_id, self.outcome, self.reason or None)
-            if self.outcome in ("interrupted", "lost"):
+            self.tracker.end_run(self.run_id, self.outcome.value, self.reason or None)
+            if self.outcome in (Outcome.INTERRUPTED, Outcome.LOST):
                 self.tracker.flush()  # the checkpoint is uploaded before another worker may take the trial
         if self.ledger is not None:
             self.ledger.finish_trial(
                 self.ledger_id,
-                outcome=self.outcome,
+                outcome=self.outcome.value,
                 reason=self.reason,
                 value=self.value,
                 wall_s=time.perf_counter() - self.started,

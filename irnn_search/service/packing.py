@@ -15,7 +15,7 @@ packed step's time divided by the members in it). For budgets, ``status`` and re
 trial's Optuna user attr ``device_s`` is its share of the pack's wall time (every interval split
 evenly among the trials in the pack then), so a study's device-hours add up to the time the
 worker held the device, not K times that; ``pack_slots`` (K) lets a running trial count its wall
-time / K until then (``search.device_seconds``).
+time / K until then (``budget.device_seconds``).
 
 A study whose family or task cannot be packed (``irnn_search.packed.why_not_packable``) runs one
 trial at a time, with one log line saying why.
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from irnn_search.outcome import Outcome
 from irnn_search.packed import Member, PackedResult, packable, train_packed, why_not_packable
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.attempt import TAKEN_OVER, Attempt, Heartbeats, TrialInterrupted
@@ -118,7 +119,8 @@ def run_pack(
             tag=(attempt, i, run, ckpt, on_checkpoint),
         )
 
-    def finish(attempt: Attempt, state: TrialState, value: float | None = None) -> None:
+    def finish(attempt: Attempt, state: TrialState | None, value: float | None = None) -> None:
+        """Tell the trial's ``state`` (None: another worker's janitor already ended and re-queued it)."""
         nonlocal ran
         trial = attempt.trial
         beats.remove(trial._trial_id)
@@ -127,7 +129,7 @@ def run_pack(
         device_s = shares.pop(trial.number, 0.0)
         attempt.close()
         ran += 1
-        if attempt.outcome == "lost":  # another worker's janitor already ended and re-queued it
+        if state is None:
             return
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a janitor failed it just now
             trial.set_user_attr(DEVICE_S, device_s)
@@ -136,25 +138,16 @@ def run_pack(
         if frozen.state != state:
             log.warning("%s trial %d: %s", study.study_name, trial.number, TAKEN_OVER)
             return
-        if state == TrialState.FAIL and attempt.outcome == "interrupted":
-            requeue(study, frozen, attempt.reason or "interrupted")
+        if state == TrialState.FAIL and attempt.outcome == Outcome.INTERRUPTED:
+            requeue(study, frozen, attempt.reason or Outcome.INTERRUPTED.value)
         if on_trial is not None:
             on_trial(study.study_name, frozen)
 
     def ended(attempt: Attempt, exc: BaseException) -> None:
-        if isinstance(exc, optuna.TrialPruned):
-            attempt.pruned(exc)
-            finish(attempt, TrialState.PRUNED)
-        elif isinstance(exc, TrialInterrupted):
-            attempt.interrupted(exc)
-            finish(attempt, TrialState.FAIL)
-        elif isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
-            attempt.taken_over(exc)
-            finish(attempt, TrialState.FAIL)
-        else:
+        state = attempt.ended(exc)
+        if attempt.outcome == Outcome.FAILED:
             log.warning("trial %d of %s failed: %s", attempt.trial.number, study.study_name, exc)
-            attempt.failed(exc)
-            finish(attempt, TrialState.FAIL)
+        finish(attempt, state)
 
     def refill() -> Member | None:
         if ready:
@@ -162,7 +155,7 @@ def run_pack(
         while not stop.is_set() and may_start():
             trial = study.ask()
             if surplus(trial):
-                trial.set_user_attr("outcome", "surplus")
+                trial.set_user_attr("outcome", Outcome.SURPLUS.value)
                 study.tell(trial, state=TrialState.PRUNED)
                 continue
             attempt = Attempt(
@@ -194,7 +187,7 @@ def run_pack(
         try:
             if res.error is not None:
                 raise res.error
-            if res.result.outcome == "interrupted":
+            if res.result.outcome == Outcome.INTERRUPTED:
                 on_checkpoint(ckpt / "last.pt")
             attempt.seed_done(i, spec.seeds[i], run, res.result, ckpt)
         except BaseException as exc:

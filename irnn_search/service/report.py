@@ -17,7 +17,9 @@ from optuna.trial import FrozenTrial, TrialState
 from irnn_search.search.literature import published_results
 from irnn_search.search.spec import SpecError, StudySpec
 from irnn_search.service.answer import TaskLines, answer, lineages, reproduce_command
-from irnn_search.service.search import GAVE_UP, Usage, load_studies, stored_spec, study_name, usage
+from irnn_search.service.budget import Usage, usage
+from irnn_search.service.recovery import GAVE_UP
+from irnn_search.service.studies import load_studies, stored_spec, study_name
 from irnn_search.tasks import TaskError, task_class
 
 log = logging.getLogger(__name__)

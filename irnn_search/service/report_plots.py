@@ -12,12 +12,20 @@ from typing import Any
 
 import optuna
 
+from irnn_search.outcome import Outcome
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.answer import TaskLines, better, lineages, task_lines, top_lineage
 from irnn_search.service.report import spec_studies
 
 #: how each lineage ending is drawn on the landscape plots
-MARKERS = {"complete": "o", "pruned": "v", "diverged": "x", "failed": "X", "running": ">", "interrupted": "s"}
+MARKERS: dict[str, str] = {
+    Outcome.COMPLETE: "o",
+    Outcome.PRUNED: "v",
+    Outcome.DIVERGED: "x",
+    Outcome.FAILED: "X",
+    "running": ">",  # a lineage still running: no outcome yet
+    Outcome.INTERRUPTED: "s",
+}
 
 
 def _lines(ax: Any, lines: TaskLines) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from irnn_search.models import RecurrentModel, build_model
+from irnn_search.outcome import Outcome
 from irnn_search.tasks import Task, build_task
 from irnn_search.train import ProgressHook, ReportHook, TrainConfig, TrainResult, evaluate, seed_everything, train
 
@@ -69,7 +70,7 @@ def execute(
         resume=resume,
     )
     summary = summarize(run, result, wall_s=time.perf_counter() - started)
-    if test and result.outcome == "completed":
+    if test and result.outcome == Outcome.COMPLETED:
         summary["test"] = evaluate(run.model, run.task, "test")
     return result, summary
 

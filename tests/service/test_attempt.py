@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 
 from irnn_search.search.validate import load_spec
 from irnn_search.service.attempt import LAST_SHA256, Attempt
-from irnn_search.service.search import load_studies, open_studies, work
+from irnn_search.service.studies import load_studies, open_studies
+from irnn_search.service.worker import work
 from tests.service.test_search import _spec
 from tests.test_train import plant_payload
 

@@ -20,8 +20,10 @@ from sqlalchemy import text
 from irnn_search.db.session import make_engine
 from irnn_search.packed.families import FAMILIES
 from irnn_search.search.validate import load_spec
+from irnn_search.service.budget import usage
 from irnn_search.service.ledger import Ledger
-from irnn_search.service.search import default_threads, open_studies, usage, work
+from irnn_search.service.studies import open_studies
+from irnn_search.service.worker import default_threads, work
 from irnn_search.tracking import Tracker
 
 SPEC = """

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 
 from irnn_search.db.session import make_engine
-from irnn_search.service.search import released
+from irnn_search.service.recovery import released
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from irnn_search.cli import app
 from irnn_search.search.validate import load_spec
 from irnn_search.service.attempt import UNFIT
-from irnn_search.service.search import open_studies, usage, work
+from irnn_search.service.budget import usage
+from irnn_search.service.studies import open_studies
+from irnn_search.service.worker import work
 
 SPEC = """
 [study]

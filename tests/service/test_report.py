@@ -12,7 +12,8 @@ import pytest
 from irnn_search.search.validate import load_spec
 from irnn_search.service import attempt
 from irnn_search.service.report import evaluate_best
-from irnn_search.service.search import open_studies, work
+from irnn_search.service.studies import open_studies
+from irnn_search.service.worker import work
 from tests.service.test_search import _spec
 from tests.test_train import plant_payload
 

@@ -11,15 +11,11 @@ from typer.testing import CliRunner
 
 from irnn_search.cli import app
 from irnn_search.search.validate import load_spec
+from irnn_search.service.budget import usage
+from irnn_search.service.recovery import requeue_released
 from irnn_search.service.report import render, rows_for
-from irnn_search.service.search import (
-    SearchError,
-    load_studies,
-    open_studies,
-    requeue_released,
-    usage,
-    work,
-)
+from irnn_search.service.studies import SearchError, load_studies, open_studies
+from irnn_search.service.worker import work
 
 TINY = """
 [study]
@@ -81,7 +77,8 @@ def test_a_changed_spec_under_the_same_name_is_refused(tmp_path: Path, storage: 
 
 def test_a_changed_budget_is_taken_and_the_study_goes_on(tmp_path: Path, storage: str) -> None:
     # As with Optuna's n_trials: more (or fewer) trials for a study that is already running.
-    from irnn_search.service.search import budget_left, stored_spec
+    from irnn_search.service.budget import budget_left
+    from irnn_search.service.studies import stored_spec
 
     first = open_studies(load_spec(_spec(tmp_path, trials=3)), storage)["irnn"]
     n = len(first.trials)
@@ -146,12 +143,12 @@ def test_a_failing_trial_fails_alone_and_the_worker_carries_on(
     """A trial's own error fails it (missing data is the machine's fault: tests/service/test_preflight.py)."""
     import dataclasses
 
-    import irnn_search.service.search as search
+    import irnn_search.service.objective as objective
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the trial's own error")
 
-    monkeypatch.setattr(search, "train", broken)
+    monkeypatch.setattr(objective, "train", broken)
     spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
     studies = open_studies(spec, storage)
     ran = work({s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "c", stop=threading.Event())
@@ -191,7 +188,8 @@ def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_atte
 ) -> None:
     import dataclasses
 
-    from irnn_search.service.search import Janitor, budget_left
+    from irnn_search.service.budget import budget_left
+    from irnn_search.service.recovery import Janitor
 
     spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=1)), warm_start=False)
     study = open_studies(spec, storage)["irnn"]
@@ -226,6 +224,30 @@ def test_a_trial_whose_worker_dies_every_time_fails_for_good_after_max_lost_atte
     assert requeue_released(study, min_age_s=0) == 0  # and nothing re-queues it again
     report = render(rows_for(spec, storage), "md")
     assert f"- irnn trial {last.number}: gave up: the worker running this trial died on 3 attempts" in report
+
+
+def test_an_interrupted_attempt_is_requeued_under_the_workers_lost_attempts_limit(tmp_path: Path, storage: str) -> None:
+    """A lineage lost 3 times under IRNN_SEARCH_MAX_LOST_ATTEMPTS=5 is still queued; its next
+    attempt, stopped by SIGTERM, is re-queued again (an interruption does not count), not given
+    up under the default limit of 3."""
+    import dataclasses
+
+    from irnn_search.service.recovery import Janitor
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, steps=3000, trials=1, lr="1e-3", clip="1")), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    janitor = Janitor(max_lost=5)
+    for _ in range(3):  # its worker dies three times
+        trial = study.ask()
+        trial.suggest_float("identity_scale", 0.1, 1.0)
+        janitor.on_stale(study, study.tell(trial, state=TrialState.FAIL))
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=stop, janitor=janitor, janitor_interval_s=60)
+    interrupted, last = study.trials[-2:]
+    assert interrupted.user_attrs["outcome"] == "interrupted" and interrupted.user_attrs["lost_attempts"] == 3
+    assert last.state == TrialState.WAITING and last.user_attrs["retry_of"] == interrupted.number
+    assert last.user_attrs["lost_attempts"] == 3 and "gave_up" not in last.user_attrs
 
 
 @pytest.mark.parametrize("spec_name", ["tiny", "../../../escaped"])
@@ -375,7 +397,7 @@ def test_bad_spec_and_unreachable_storage_are_one_clear_line(tmp_path: Path, mon
 def test_a_trial_started_in_the_same_instant_as_the_last_budgeted_one_stands_down(tmp_path: Path, storage: str) -> None:
     import dataclasses
 
-    from irnn_search.service.search import make_objective
+    from irnn_search.service.objective import make_objective
 
     spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
     study = open_studies(spec, storage)["irnn"]
@@ -392,6 +414,37 @@ def test_a_trial_started_in_the_same_instant_as_the_last_budgeted_one_stands_dow
     del first, second
 
 
+def test_a_requeued_attempt_is_never_dropped_as_surplus_when_a_trial_raced_its_requeue(
+    tmp_path: Path, storage: str
+) -> None:
+    """Issue 17: a lost trial's lineage was admitted when it started; a fresh trial created in the
+    instant between the janitor failing it and re-queueing it must not push the re-queued copy
+    out as surplus, or the lineage is never finished."""
+    import dataclasses
+
+    from irnn_search.service.objective import make_objective
+    from irnn_search.service.recovery import Janitor
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    first, lost = study.ask(), study.ask()  # two workers' trials; the second worker then dies
+    lost.suggest_float("identity_scale", 0.1, 1.0)
+    frozen = study.tell(lost, state=TrialState.FAIL)  # a janitor fails it...
+    racer = study.ask()  # ...a third worker passes budget_left and starts a fresh trial...
+    Janitor().on_stale(study, frozen)  # ...and the janitor re-queues the lost one
+    copy = study.ask()
+    assert copy.user_attrs["retry_of"] == lost.number
+
+    objective = make_objective(spec, "irnn", checkpoint_root=tmp_path / "c")
+    value = objective(copy)  # the lineage goes on: it trains, it does not stand down
+    study.tell(copy, value)
+    assert study.trials[copy.number].user_attrs["outcome"] == "complete"
+    late = study.ask()  # but a fresh trial after it is surplus: the budget is full
+    with pytest.raises(optuna.TrialPruned, match="budget was met"):
+        objective(late)
+    del first, racer
+
+
 def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_runs_it(
     tmp_path: Path, storage: str
 ) -> None:
@@ -400,7 +453,7 @@ def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_r
     study with a trial stuck RUNNING and no worker to notice."""
     import warnings
 
-    from irnn_search.service.search import open_for_work
+    from irnn_search.service.worker import open_for_work
 
     spec = load_spec(_spec(tmp_path, trials=2, steps=40))
     (study,) = open_studies(spec, storage).values()
@@ -425,10 +478,9 @@ def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_r
 
 def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The worker set-up was written twice and the copies drifted: `launch --workers N` spawned
-    # workers that ignored IRNN_SEARCH_DB_RETRY_S. Both the spawn and the worker now pass it on.
-    import signal
-
-    from irnn_search.service import search
+    # workers that ignored IRNN_SEARCH_DB_RETRY_S. Both now build their WorkerOptions from the
+    # settings in one place and start through the same `serve`.
+    from irnn_search.service import pool, worker
 
     spawned: list[tuple] = []
 
@@ -444,7 +496,9 @@ def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monk
         monkeypatch.delenv(var, raising=False)
     result = CliRunner().invoke(app, ["launch", str(_spec(tmp_path)), "--workers", "2", "--no-report"])
     assert len(spawned) == 2, result.output
-    assert all(args[-1] == 7 for args in spawned)
+    (options,), (second,) = spawned
+    assert options.retry_s == second.retry_s == 7 and options.stream != second.stream
+    assert options.watch_parent and options.quiet and not options.auto_upgrade
 
     seen: dict[str, object] = {}
 
@@ -452,9 +506,11 @@ def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monk
         seen.update(kwargs)
         raise SystemExit(0)
 
-    monkeypatch.setattr(search, "open_for_work", open_for_work)
-    monkeypatch.setattr(signal, "signal", lambda *a: None)
-    monkeypatch.setattr(search, "watch_parent", lambda *a: None)
+    monkeypatch.setattr(worker, "open_for_work", open_for_work)
+    monkeypatch.setattr(worker, "watch_parent", lambda *a: None)
     with pytest.raises(SystemExit):
-        search.worker_process(*spawned[0])
+        pool.worker_process(options)
+    assert seen["retry_s"] == 7
+    seen.clear()
+    CliRunner().invoke(app, ["worker", "--no-track"])  # and `irnn-search worker`, through the same entry
     assert seen["retry_s"] == 7

@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 
 from irnn_search.search.validate import load_spec
-from irnn_search.service.search import open_studies
 from irnn_search.service.storage import ResilientRDBStorage, connection_lost, open_storage
+from irnn_search.service.studies import open_studies
 from irnn_search.settings import Settings
 from tests.service.test_search import _spec
 
@@ -162,7 +162,7 @@ def test_a_running_trial_that_never_beat_is_failed_and_requeued_after_the_grace_
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A worker killed between ``ask`` and its trial's first heartbeat leaves no heartbeat row."""
-    from irnn_search.service.search import Janitor
+    from irnn_search.service.recovery import Janitor
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
@@ -183,7 +183,7 @@ def test_a_running_trial_that_never_beat_is_failed_and_requeued_after_the_grace_
 
 
 def test_a_trial_failed_by_another_workers_janitor_does_not_stop_the_worker(tmp_path: Path) -> None:
-    from irnn_search.service.search import run_one
+    from irnn_search.service.objective import run_one
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_s=1, grace_s=3)
@@ -207,7 +207,7 @@ def test_usage_from_one_aggregate_query_equals_usage_from_frozen_trials(
     what the ``FrozenTrial`` reading counts (released and surplus trials excluded, best finite
     value, wall time), and the surplus check counts only the trials numbered before its own."""
 
-    from irnn_search.service import search
+    from irnn_search.service import budget
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -239,14 +239,14 @@ def test_usage_from_one_aggregate_query_equals_usage_from_frozen_trials(
     def ahead() -> list[int]:  # what the surplus check counts, for a trial of each number
         states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         return [
-            sum(g.count for g in search._groups(study, before=n) if g.state in states and g.counts) for n in range(10)
+            sum(g.count for g in budget._groups(study, before=n) if g.state in states and g.counts) for n in range(10)
         ]
 
-    assert search.trial_groups(study._storage, study._study_id) is not None
+    assert budget.trial_groups(study._storage, study._study_id) is not None
     read_at = time.time()
-    narrow, narrow_ahead = search.usage(study), ahead()
-    monkeypatch.setattr(search, "trial_groups", lambda storage, study_id, before=None: None)
-    full, full_ahead = search.usage(study), ahead()
+    narrow, narrow_ahead = budget.usage(study), ahead()
+    monkeypatch.setattr(budget, "trial_groups", lambda storage, study_id, before=None: None)
+    full, full_ahead = budget.usage(study), ahead()
     between = time.time() - read_at  # the running trial's device time grows meanwhile, 1 s a second
     assert narrow_ahead == full_ahead == [0, 1, 2, 3, 3, 3, 4, 4, 5, 5]
     assert (narrow.finished, narrow.complete, narrow.pruned, narrow.failed, narrow.running, narrow.waiting) == (
@@ -272,7 +272,7 @@ def test_a_packed_trial_counts_its_share_of_the_device_not_its_wall_time(
     query and the ``FrozenTrial`` reading agree."""
     import math
 
-    from irnn_search.service import search
+    from irnn_search.service import budget
     from irnn_search.service.storage import DEVICE_S, PACK_SLOTS
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
@@ -288,13 +288,13 @@ def test_a_packed_trial_counts_its_share_of_the_device_not_its_wall_time(
     # packed_running: 1.2 s so far over 4 slots, ~0.3 s
     study = optuna.load_study(study_name="shares", storage=open_storage(url, heartbeat_s=None))
 
-    assert search.trial_groups(study._storage, study._study_id) is not None
-    narrow = search.usage(study).device_hours * 3600
-    monkeypatch.setattr(search, "trial_groups", lambda storage, study_id, before=None: None)
-    full = search.usage(study).device_hours * 3600
+    assert budget.trial_groups(study._storage, study._study_id) is not None
+    narrow = budget.usage(study).device_hours * 3600
+    monkeypatch.setattr(budget, "trial_groups", lambda storage, study_id, before=None: None)
+    full = budget.usage(study).device_hours * 3600
     assert 101.4 < narrow < 104.0, narrow  # 1.2 alone + 100 packed + 0.3 running, with slack for a slow machine
     assert math.isclose(narrow, full, abs_tol=0.5)
-    by_number = {t.number: search.device_seconds(t) for t in study.get_trials()}
+    by_number = {t.number: budget.device_seconds(t) for t in study.get_trials()}
     assert by_number[packed_done.number] == 100.0
     assert 0.25 < by_number[packed_running.number] < 1.0 < by_number[alone.number]
 
@@ -431,7 +431,7 @@ def test_two_janitors_racing_for_one_stale_trial_requeue_it_once(
 ) -> None:
     """Optuna's ``FOR UPDATE`` is a no-op on SQLite: both janitors read RUNNING, both wrote FAIL and
     both re-queued the trial. Exactly one may win."""
-    from irnn_search.service.search import Janitor
+    from irnn_search.service.recovery import Janitor
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")

@@ -1,0 +1,17 @@
+"""The ``irnn-search`` command line.
+
+Commands are thin: they parse options, call the service layer and render results. torch and the
+package's heavy modules are imported inside the commands, so ``--help`` is instant.
+
+One module per command group; importing each registers its commands on ``app``, in the order
+``--help`` lists them.
+"""
+
+from irnn_search.cli import train, launch, report, status, worker, dashboard, db, listings  # noqa: F401, I001
+from irnn_search.cli.app import EXIT_DIVERGED, EXIT_INTERRUPTED, app
+
+__all__ = ["EXIT_DIVERGED", "EXIT_INTERRUPTED", "app", "main"]
+
+
+def main() -> None:
+    app()

@@ -73,6 +73,36 @@ def _run_options(
     return task_options, model_options
 
 
+def _refuse_unfit(
+    *,
+    task: str,
+    task_options: dict[str, Any],
+    model: str,
+    model_options: dict[str, Any],
+    batch_size: int | None,
+    device: str,
+) -> None:
+    """Fail, before anything is allocated, when this run cannot fit the device; the message names
+    the flags to lower."""
+    from irnn_search.service.preflight import run_memory_problem
+
+    why = run_memory_problem(
+        task=task,
+        task_options=task_options,
+        model=model,
+        model_options=model_options,
+        batch_size=batch_size,
+        device=device,
+        keys={
+            "T": "--T" if "T" in task_options else "the sequence length",
+            "batch": "--batch-size",
+            "hidden": "--hidden",
+        },
+    )
+    if why is not None:
+        raise _fail(f"this run cannot fit: {why}")
+
+
 class _Display:
     """Rich progress bar: step, loss, latest validation metric against the baseline, steps/s, ETA."""
 
@@ -277,7 +307,6 @@ def train_cmd(
 
     import torch
 
-    from irnn_search.service.preflight import run_memory_problem
     from irnn_search.service.single import prepare_run
 
     # One thread unless told otherwise, as for `worker`: the small recurrent models gain nothing
@@ -287,21 +316,14 @@ def train_cmd(
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
 
     try:
-        why = run_memory_problem(
+        _refuse_unfit(
             task=task,
             task_options=task_options,
             model=model,
             model_options=model_options,
             batch_size=batch_size,
             device=device,
-            keys={
-                "T": "--T" if "T" in task_options else "the sequence length",
-                "batch": "--batch-size",
-                "hidden": "--hidden",
-            },
         )
-        if why is not None:
-            raise _fail(f"this run cannot fit: {why}")
         config = TrainConfig(
             steps=steps,
             optimizer=optimizer,

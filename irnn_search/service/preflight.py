@@ -232,3 +232,48 @@ def spec_memory_problem(spec: StudySpec, device: str, *, trials: int = 1) -> str
         if why is not None:
             return f"models.{key}: {why}"
     return None
+
+
+def launch_problem(spec: StudySpec, device: str, *, trials: int) -> str | None:
+    """Why this machine cannot run ``spec``'s trials on ``device``, ``trials`` at once (a launch's
+    workers times its pack size, all on this one device): the device, then the data, then the
+    memory of the largest trial. None when it can."""
+    return device_problem(device) or data_problem(spec) or spec_memory_problem(spec, device, trials=trials)
+
+
+def run_memory_problem(
+    *,
+    task: str,
+    task_options: Mapping[str, Any],
+    model: str,
+    model_options: Mapping[str, Any],
+    batch_size: int | None,
+    device: str,
+    keys: Mapping[str, str],
+) -> str | None:
+    """Why one run of ``model`` on ``task`` cannot fit ``device``, before anything is allocated.
+
+    None when it fits, and also when a name or an option is bad: building the run says which
+    (``service.single.prepare_run``), better than a guess here. ``keys`` as for ``memory_problem``.
+    """
+    from irnn_search.models import MODELS
+
+    if model not in MODELS:
+        return None
+    the_task = build_task(task, task_options, batch_size=batch_size)  # builds no data
+    try:
+        default = MODELS[model].config_cls.__dataclass_fields__["hidden_size"].default
+        hidden = int(model_options.get("hidden_size", default))
+        sizes = the_task.input_size, the_task.output_size
+    except Exception:  # a malformed option (prepare_run says which) or a vocabulary that needs the data
+        return None
+    return memory_problem(
+        model,
+        hidden=hidden,
+        seq_len=the_task.seq_len,
+        batch=the_task.batch_size,
+        input_size=sizes[0],
+        output_size=sizes[1],
+        device=device,
+        keys=keys,
+    )

@@ -7,9 +7,10 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,6 +22,9 @@ from irnn_search.service.budget import Usage, usage
 from irnn_search.service.recovery import GAVE_UP
 from irnn_search.service.studies import load_studies, stored_spec, study_name
 from irnn_search.tasks import TaskError, task_class
+
+if TYPE_CHECKING:
+    from irnn_search.service.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +233,37 @@ def spec_studies(spec: StudySpec, storage_url: str) -> dict[str, optuna.Study]:
 
 def rows_for(spec: StudySpec, storage_url: str) -> list[ModelRow]:
     return [model_row(s) for s in spec_studies(spec, storage_url).values()]
+
+
+def run_report(
+    spec: StudySpec,
+    storage_url: str,
+    *,
+    fmt: str,
+    out_dir: Path,
+    ledger: Callable[[], Ledger],
+    emit: Callable[[str], object],
+) -> list[Path]:
+    """What ``irnn-search report`` does: evaluate each study's best trial on the test split (once
+    per best checkpoint, see ``evaluate_best``) and record it in our experiment database, hand the
+    table in ``fmt`` to ``emit``, then write the plots into ``out_dir``; returns their paths.
+
+    The table is emitted before the plots are drawn, so it is out even when a plot fails.
+    ``ledger`` opens our experiment database, and is called only when a result is to be recorded.
+
+    Raises:
+        SearchError: a study of the spec is not on the storage (the spec was not launched).
+    """
+    from irnn_search.service.report_plots import plots  # it imports this module
+
+    recorder: Ledger | None = None
+    for study in spec_studies(spec, storage_url).values():
+        result = evaluate_best(study)  # best validation, then test: once per best trial
+        if result is not None:
+            recorder = recorder or ledger()
+            recorder.record_test(study.study_name, result["trial"], result["metrics"])
+    emit(render(rows_for(spec, storage_url), fmt, spec=spec))
+    return plots(spec, storage_url, out_dir)
 
 
 def _fmt(v: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,8 +48,34 @@ def open_storage(
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: say it once, in docs
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if url.startswith("sqlite"):
-            return HeartbeatRDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
-        return _server_storage(url, retry_s, beat)
+            return _created_once(
+                lambda: HeartbeatRDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat)
+            )
+        return _created_once(lambda: _server_storage(url, retry_s, beat))
+
+
+#: what a store's database says when another process created Optuna's schema first
+_CREATED_BY_ANOTHER = ("already exists", "UNIQUE constraint failed", "duplicate key value")
+
+
+def _created_once(make: Callable[[], RDBStorage], attempts: int = 5) -> RDBStorage:
+    """``make()``, again when another process was creating Optuna's schema at the same moment.
+
+    Opening a storage creates its tables and stamps its schema version when they are missing, as a
+    check and then a write: processes that open a fresh database together (the workers of a pool
+    started at once, ``status`` during the first launch) race, and the losers fail with "table
+    already exists" or a duplicate version row. Opened again, a loser finds the winner's schema.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+            if attempt == attempts - 1 or not any(s in str(exc) for s in _CREATED_BY_ANOTHER):
+                raise
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # the winner's transaction ends
+    raise AssertionError("unreachable")
 
 
 def _server_storage(url: str, retry_s: float, beat: dict[str, Any]) -> RDBStorage:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from irnn_search.service.studies import open_studies
 from optuna.trial import TrialState, create_trial
 
 from irnn_search.search.validate import load_spec
 from irnn_search.service.ledger import Ledger
 from irnn_search.service.status import StorageUnreadable, progress, published_progress, status_data
 from irnn_search.service.storage import DEVICE_S
+from irnn_search.service.studies import open_studies
 from tests.service.test_search import _spec
 
 

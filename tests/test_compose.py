@@ -7,8 +7,9 @@
   ``irnn-search`` command and ``IRNN_SEARCH_*`` variable exists in the real CLI and settings,
   the Dockerfile's entrypoint, user, stop signal and install;
 - Debian's ``docker-compose config -q`` when that binary is installed (skipped otherwise);
-- a native rehearsal of the ``migrate`` service: its exact shell script against a real
-  PostgreSQL (marker ``postgres``).
+- native rehearsals against a real PostgreSQL (marker ``postgres``): the ``migrate`` service's
+  exact shell script, and ``docker/postgres-init.sh`` run as the postgres image runs it (its own
+  cluster, superuser ``postgres``), then each role used as its service uses it.
 """
 
 from __future__ import annotations
@@ -562,3 +563,89 @@ def test_migrate_script_runs_natively_against_postgres(pg: Any, services: dict[s
         engine.dispose()
         storage.remove_session()
         storage.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def init_cluster() -> Iterator[Any]:
+    """A PostgreSQL cluster of its own, with the image's superuser name (``postgres``): the init
+    script creates cluster-wide roles, which must not touch the shared test server's."""
+    from irnn_search.dev.servers import Postgres, ServerError, find_postgres_bindir, reachable_tempdir
+
+    try:
+        find_postgres_bindir()
+    except ServerError as exc:
+        pytest.skip(str(exc))
+    folder = reachable_tempdir("irnn-test-init-")
+    server = Postgres(folder / "pg", user="postgres", fsync=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_init_script_run_as_the_image_runs_it_gives_each_database_an_owner_with_no_other_rights(
+    init_cluster: Any,
+) -> None:
+    """The script the postgres image runs on an empty volume, run for real (twice: it is
+    idempotent), then each role used the way its service uses it."""
+    from urllib.parse import quote
+
+    import optuna
+    import psycopg
+
+    from irnn_search.db.migrate import current, head, upgrade
+    from irnn_search.dev.servers import HOST
+
+    server = init_cluster
+    password = "roles s3cret 'with' \"quotes\""  # %L quoting, and psql's \getenv, not a command line
+    env = {
+        "PATH": f"{server.bindir}:{os.environ['PATH']}",
+        "POSTGRES_USER": server.user,  # as the image's entrypoint sets them
+        "PGHOST": HOST,
+        "PGPORT": str(server.port),
+        "PGPASSWORD": server.password,
+    }
+    refused = subprocess.run(["sh", str(INIT_SCRIPT)], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "set IRNN_PG_PASSWORD" in refused.stderr
+    for _ in range(2):
+        done = subprocess.run(
+            ["sh", str(INIT_SCRIPT)], env={**env, "IRNN_PG_PASSWORD": password}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert password not in done.stdout + done.stderr
+
+    def connect(user: str, db: str, secret: str = password) -> Any:
+        return psycopg.connect(host=HOST, port=server.port, user=user, password=secret, dbname=db, autocommit=True)
+
+    with connect(server.user, "postgres", server.password) as admin:
+        roles = admin.execute(
+            "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin "
+            "FROM pg_roles WHERE rolname = ANY(%s)",
+            (sorted(DATABASES),),
+        ).fetchall()
+        owners = admin.execute(
+            "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname = ANY(%s)", (sorted(DATABASES),)
+        ).fetchall()
+    assert sorted(roles) == sorted((db, False, False, False, False, False, True) for db in DATABASES)
+    assert dict(owners) == {db: db for db in DATABASES}
+    for db in DATABASES:
+        with connect(db, db) as own:  # the owner may create its tables
+            own.execute("CREATE TABLE IF NOT EXISTS probe (x int)")
+            own.execute("DROP TABLE probe")
+        for other in DATABASES - {db}:
+            with pytest.raises(psycopg.OperationalError, match="permission denied"):
+                connect(db, other).close()
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            connect(db, db, "wrong").close()
+
+    # what the compose services then do with them: our migrations, and Optuna creating its schema
+    def sa_url(db: str) -> str:
+        return f"postgresql+psycopg://{db}:{quote(password, safe='')}@{HOST}:{server.port}/{db}"
+
+    upgrade(sa_url("irnn"))
+    assert current(sa_url("irnn")) == head()
+    optuna.create_study(study_name="init-probe", storage=sa_url("optuna"))
+    assert optuna.get_all_study_names(sa_url("optuna")) == ["init-probe"]

@@ -54,7 +54,7 @@ from irnn_search.service.storage import (
 
 if TYPE_CHECKING:
     from irnn_search.service.ledger import Ledger
-from irnn_search.tracking import Tracker, worker_http_defaults
+from irnn_search.tracking import Tracker, TrackingError, worker_http_defaults
 from irnn_search.train import TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -636,7 +636,21 @@ def work(
             ledger.stop_worker(worker_id)
         if tracker is not None:
             tracker.flush()
+    if tracker is not None and not stop.is_set():
+        _close_idle(studies.values(), tracker)
     return ran
+
+
+def _close_idle(studies: Iterable[optuna.Study], tracker: Tracker) -> None:
+    """A pool of ``worker`` processes has no ``launch`` to close its studies in MLflow: the worker
+    that leaves with every budget met closes those with no trial running anywhere, ending their
+    parent runs and any trial run a worker killed before recording it on its trial left RUNNING.
+    Studies with trials in flight are left to the workers running them, who leave later."""
+    idle = [s for s in studies if not any(t.state == TrialState.RUNNING for t in s.get_trials(deepcopy=False))]
+    try:
+        close_tracking(idle, tracker)
+    except TrackingError as exc:  # MLflow is down: the next worker to leave, or `launch`, closes them
+        log.warning("could not close the finished studies in MLflow for now: %s", exc)
 
 
 def _loop(

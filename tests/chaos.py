@@ -263,9 +263,11 @@ class Soak:
             time.sleep(0.5)
         chaos_s = time.time() - started
         # Drain: workers leave once every budget is met; a supervisor restarts any that left early.
-        deadline = time.monotonic() + c.drain_timeout_s
+        # Workers that leave a study that is not done (it is stuck) are restarted a few times only.
+        deadline, cap = time.monotonic() + c.drain_timeout_s, len(self.workers) + 4 * c.workers
         while not self.done() and time.monotonic() < deadline:
-            self.top_up(rng)
+            if len(self.workers) < cap:
+                self.top_up(rng)
             time.sleep(1.0)
         timed_out = not self.done()
         linger = 2 * c.grace_s + 2 * c.heartbeat_s + 60  # a worker's wait for trials elsewhere, and slack

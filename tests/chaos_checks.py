@@ -25,9 +25,11 @@ SIGKILL loses); the summary counts resumes behind the last report as work lost, 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -91,7 +93,9 @@ class Summary:
     steps_trained: int = 0
     resumes: int = 0
     resumed_behind_report: int = 0
-    refused_at_start: int = 0  # workers that met PostgreSQL down at start-up (exit 2, one line)
+    #: workers that never took a trial: PostgreSQL down at start-up (exit 2, one line) or SIGTERM
+    #: during start-up, before the worker set its handler (exit -15)
+    refused_at_start: int = 0
     max_overlap_s: float = 0.0
     wall_s: float = 0.0
     chaos_s: float = 0.0
@@ -153,6 +157,8 @@ def collect(soak: Soak) -> State:
         best[name] = study.best_value if any(t.state == TrialState.COMPLETE for t in trials[name]) else None
     storage.remove_session()
     storage.engine.dispose()
+    briefs = {n: [_brief(t) for t in ts] for n, ts in trials.items()}
+    (soak.root / "trials.json").write_text(json.dumps(briefs, indent=1, default=str))
     client = MlflowClient(soak.stores.mlflow.uri)
     experiment = client.get_experiment_by_name("irnn-search/adding")
     runs = [
@@ -254,7 +260,7 @@ def check(soak: Soak, state: State) -> Summary:
         for t in ts:
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
                 bad.append(f"finished: {name} trial {t.number} is {t.state.name}")
-        final = [t for t in ts if counts(t)]
+        final = [t for t in ts if counts(t) and t.state not in (TrialState.RUNNING, TrialState.WAITING)]
         # 2. the budget: exactly met, surplus trials never trained
         if len(final) != c.trials:
             bad.append(f"budget: {name} has {len(final)} counted trials, its budget is {c.trials}")
@@ -268,7 +274,8 @@ def check(soak: Soak, state: State) -> Summary:
             lineages.setdefault(int(t.user_attrs.get("lineage", t.number)), []).append(t)
         for lineage, ends in lineages.items():
             if len(ends) > 1:
-                bad.append(f"finished: {name} lineage {lineage} ended twice (trials {[t.number for t in ends]})")
+                story = [_brief(t) for t in ts if t.user_attrs.get("lineage", t.number) == lineage]
+                bad.append(f"finished: {name} lineage {lineage} ended twice: {story}")
             s.outcomes[_outcome(ends[0])] = s.outcomes.get(_outcome(ends[0]), 0) + 1
         # 6. the study's best is the best of its complete trials
         values = [t.value for t in ts if t.state == TrialState.COMPLETE and t.value is not None]
@@ -291,16 +298,21 @@ def check(soak: Soak, state: State) -> Summary:
         out = w.log_path.read_text(errors="replace")
         if w.killed_at is None and w.proc.returncode == 2 and _refused_at_start(out):
             s.refused_at_start += 1
+        elif w.termed_at is not None and w.proc.returncode == -signal.SIGTERM and "worker " not in out:
+            s.refused_at_start += 1  # SIGTERM before its handler was set: it held no trial yet
         elif w.killed_at is None and w.proc.returncode != 0:
-            bad.append(f"workers: {w.name} exited with {w.proc.returncode} (log {w.log_path})")
+            tail = " | ".join(out.strip().splitlines()[-3:])
+            bad.append(f"workers: {w.name} exited with {w.proc.returncode}; its log ends: {tail}")
         if "Traceback" in out:
             bad.append(f"workers: {w.name} logged a traceback (log {w.log_path})")
     return s
 
 
 def _refused_at_start(log: str) -> bool:
+    """A start-up refusal: an ``Error:`` line (and its fix) about a connection that failed."""
     lines = [line for line in log.splitlines() if line.strip()]
-    return len(lines) == 1 and lines[0].startswith("Error: ") and "Connection refused" in lines[0]
+    refused = re.search(r"connection refused|connection failed|could not connect|unreachable", log, re.IGNORECASE)
+    return 1 <= len(lines) <= 3 and lines[0].startswith("Error: ") and refused is not None
 
 
 def _check_lineage(chain: list[Attempt], tolerance_s: float, s: Summary) -> None:
@@ -338,6 +350,19 @@ def counts(t: FrozenTrial) -> bool:
     failed by a janitor, so without an outcome) and not a surplus trial that stood down."""
     released = t.state == TrialState.FAIL and t.user_attrs.get("outcome") in (None, "interrupted")
     return not released and t.user_attrs.get("outcome") != "surplus"
+
+
+def _brief(t: FrozenTrial) -> dict[str, Any]:
+    """A trial in a line, for a failure message and the soak's ``trials.json``."""
+    keys = ("lineage", "outcome", "reason", "retry_of", "lost_attempts", "gave_up", "mlflow_run_id")
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "start": str(t.datetime_start),
+        "end": str(t.datetime_complete),
+        "reports": sorted(t.intermediate_values)[-1:],
+        **{k: t.user_attrs[k] for k in keys if k in t.user_attrs},
+    }
 
 
 def _outcome(t: FrozenTrial) -> str:

@@ -152,6 +152,10 @@ class UnsafePath(ValueError):
 
 #: set on every attempt whose checkpoints have recorded digests (absent: an older version wrote them)
 DIGESTS = "checkpoint_digests"
+#: seconds a resumed attempt waits for an unreachable MLflow to fetch its lineage's checkpoint,
+#: rather than restart the seed from step 0 (the chaos soak saw a resume during an MLflow restart
+#: throw away 260 of 300 steps); and how often it asks meanwhile
+FETCH_WAIT_S, FETCH_RETRY_S = 120.0, 5.0
 
 
 def checkpoint_dir(root: Path, study: str, trial: optuna.Trial, seed: int) -> Path:
@@ -363,7 +367,7 @@ class Attempt:
         if local != 0 and self.tracker is not None and self.previous_run:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=ckpt.parent, prefix=".fetch-") as tmp:
-                source = self.tracker.fetch_checkpoint(self.previous_run, f"checkpoints/seed-{seed}", tmp)
+                source = self._fetch(seed, tmp, wait=bool(written))
                 fetched = Path(tmp) / "last.pt"
                 if source is not None:
                     got = rank(fetched)
@@ -383,6 +387,33 @@ class Attempt:
                 label,
                 local,
             )
+
+    def _fetch(self, seed: int, dest: str, *, wait: bool) -> str | None:
+        """The lineage's newest checkpoint from the artifact store into ``dest`` (the run it came
+        from, or None). With ``wait`` (the lineage wrote checkpoints, so there is work to lose), an
+        unreachable MLflow is asked again every ``FETCH_RETRY_S`` for up to ``FETCH_WAIT_S`` (a
+        server restart) before the seed restarts from step 0; a reachable one is asked once more."""
+        assert self.tracker is not None and self.previous_run is not None
+        deadline = time.monotonic() + (FETCH_WAIT_S if wait else 0.0)
+        reachable, warned = False, False
+        while True:
+            source = self.tracker.fetch_checkpoint(self.previous_run, f"checkpoints/seed-{seed}", dest)
+            if source is not None or reachable or time.monotonic() >= deadline:
+                return source
+            try:
+                self.tracker.check(timeout_s=FETCH_RETRY_S)
+                reachable = True  # it answers now: one more fetch decides
+                continue
+            except TrackingError as exc:
+                if not warned:
+                    log.warning(
+                        "trial %d: waiting up to %.0f s for MLflow to fetch its checkpoint (%s)",
+                        self.trial.number,
+                        FETCH_WAIT_S,
+                        exc,
+                    )
+                    warned = True
+            time.sleep(min(FETCH_RETRY_S, max(0.0, deadline - time.monotonic())))
 
     def seed_done(self, i: int, seed: int, run: Run, result: TrainResult, ckpt: Path) -> None:
         """Record one seed's result. Raises ``optuna.TrialPruned`` (diverged) or

@@ -31,7 +31,7 @@ from irnn_search.service.objective import make_objective, run_one
 from irnn_search.service.preflight import unfit_studies
 from irnn_search.service.recovery import MAX_LOST, Janitor, released, requeue, requeue_released
 from irnn_search.service.storage import RETRY_S
-from irnn_search.service.studies import load_studies, stored_spec
+from irnn_search.service.studies import close_tracking, load_studies, stored_spec
 from irnn_search.settings import GRACE_S, HEARTBEAT_S
 
 if TYPE_CHECKING:
@@ -346,13 +346,32 @@ def work(
         linger=linger,
     )
     try:
-        return _Loop(studies, specs, context).run()
+        ran = _Loop(studies, specs, context).run()
     finally:
         done.set()
         if ledger is not None:
             ledger.stop_worker(worker_id)
         if tracker is not None:
             tracker.flush()
+    if tracker is not None and not stop.is_set():
+        _close_idle(studies.values(), tracker)
+    return ran
+
+
+def _close_idle(studies: Iterable[optuna.Study], tracker: Tracker) -> None:
+    """A pool of ``worker`` processes has no ``launch`` to close its studies in MLflow: the worker
+    that leaves with every budget met closes those with no trial running anywhere, ending their
+    parent runs and any trial run a worker killed before recording it on its trial left RUNNING.
+    Studies with trials in flight are left to the workers running them, who leave later."""
+    from optuna.trial import TrialState
+
+    from irnn_search.tracking import TrackingError
+
+    idle = [s for s in studies if not any(t.state == TrialState.RUNNING for t in s.get_trials(deepcopy=False))]
+    try:
+        close_tracking(idle, tracker)
+    except TrackingError as exc:  # MLflow is down: the next worker to leave, or `launch`, closes them
+        log.warning("could not close the finished studies in MLflow for now: %s", exc)
 
 
 class _Loop:

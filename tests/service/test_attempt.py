@@ -15,9 +15,11 @@ import torch
 from optuna.trial import TrialState
 
 from irnn_search.search.validate import load_spec
+from irnn_search.service import attempt as attempt_module
 from irnn_search.service.attempt import LAST_SHA256, Attempt
 from irnn_search.service.studies import load_studies, open_studies
 from irnn_search.service.worker import work
+from irnn_search.tracking import TrackingError
 from tests.service.test_search import _spec
 from tests.test_train import plant_payload
 
@@ -34,10 +36,17 @@ class FakeStore:
     def __init__(self, source: Path | None) -> None:
         self.source = source
         self.fetched = 0
+        self.down_for = 0  # fetches that meet MLflow unreachable (``check`` fails meanwhile)
+        self.checked = 0
+
+    def check(self, *, timeout_s: float = 10.0) -> None:
+        self.checked += 1
+        if self.fetched <= self.down_for:
+            raise TrackingError("cannot reach MLflow at http://mlflow:5000: connection refused")
 
     def fetch_checkpoint(self, run_id: str, artifact_dir: str, dest: str | Path) -> str | None:
         self.fetched += 1
-        if self.source is None:
+        if self.source is None or self.fetched <= self.down_for:
             return None
         Path(dest).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.source, Path(dest) / "last.pt")
@@ -78,6 +87,29 @@ def test_a_planted_checkpoint_in_the_artifact_store_is_set_aside_unloaded(
     assert not (ckpt / "last.pt").exists() and (ckpt / "last.pt.rejected").read_bytes() == planted.read_bytes()
     assert not marker.exists()
     assert "not one this trial wrote" in caplog.text and "restarts from step 0" in caplog.text
+
+
+def test_a_resume_while_mlflow_restarts_waits_for_the_checkpoint_rather_than_restart_from_step_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the chaos soak: the artifact store is unreachable for the first fetches (a
+    restarting MLflow server); the attempt waits and resumes the lineage's checkpoint."""
+    monkeypatch.setattr(attempt_module, "FETCH_RETRY_S", 0.01)
+    (new,) = _checkpoints(tmp_path, (20,))
+    store = FakeStore(new)
+    store.down_for = 3
+    attempt, ckpt = _attempt(tmp_path, store, [_sha(new)])
+    with caplog.at_level(logging.WARNING):
+        attempt.prepare(0, 0)
+    assert torch.load(ckpt / "last.pt", weights_only=True)["step"] == 20
+    assert store.fetched == 4 and "waiting up to" in caplog.text and "restarts from step 0" not in caplog.text
+
+
+def test_a_lineage_with_no_checkpoint_in_a_reachable_store_does_not_wait(tmp_path: Path) -> None:
+    (new,) = _checkpoints(tmp_path, (20,))
+    store = FakeStore(None)
+    _attempt(tmp_path, store, [_sha(new)])[0].prepare(0, 0)
+    assert store.fetched == 2 and store.checked == 1, "asked once, found reachable, asked once more"
 
 
 def test_a_stale_local_checkpoint_gives_way_to_the_newer_one_in_the_artifact_store(tmp_path: Path) -> None:

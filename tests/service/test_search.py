@@ -514,3 +514,52 @@ def test_workers_spawned_by_launch_get_the_db_retry_setting(tmp_path: Path, monk
     seen.clear()
     CliRunner().invoke(app, ["worker", "--no-track"])  # and `irnn-search worker`, through the same entry
     assert seen["retry_s"] == 7
+
+
+def test_the_last_worker_out_ends_the_finished_studys_parent_run_and_runs_orphaned_by_dead_workers(
+    tmp_path: Path, storage: str
+) -> None:
+    """In a pool of `worker` processes no `launch` is left to close the study in MLflow: the worker
+    that finds every budget met with nothing running ends the parent run, and any trial run still
+    RUNNING that no trial records (its worker was killed between creating the run and recording it
+    on the trial; the chaos soak met this) is ended as KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from irnn_search.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "mlartifacts"))
+    (study,) = open_studies(load_spec(_spec(tmp_path, trials=2, steps=20)), storage, tracker).values()
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    orphan = tracker.trial_run(
+        experiment_id=study.user_attrs["mlflow_experiment_id"],
+        parent_run_id=parent,
+        study_name=study.study_name,
+        trial_number=0,
+        params={},
+    )
+    studies = load_studies(storage)
+    assert work(studies, checkpoint_root=tmp_path / "c", stop=threading.Event(), tracker=tracker) == 2
+
+    client = MlflowClient(tracker.tracking_uri)
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(orphan).info.status == "KILLED"
+    for t in studies[study.study_name].trials:
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_a_worker_stopped_or_leaving_while_trials_run_elsewhere_leaves_the_parent_run_open(
+    tmp_path: Path, storage: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from irnn_search.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "mlartifacts"))
+    (study,) = open_studies(load_spec(_spec(tmp_path, trials=2, steps=20)), storage, tracker).values()
+    other = optuna.load_study(study_name=study.study_name, storage=storage)
+    other.ask()  # a trial in flight on another worker: the budget is met, the study is not done
+    work(load_studies(storage), checkpoint_root=tmp_path / "c", stop=threading.Event(), tracker=tracker)
+    stop = threading.Event()
+    stop.set()
+    work(load_studies(storage), checkpoint_root=tmp_path / "c", stop=stop, tracker=tracker)
+    assert MlflowClient(tracker.tracking_uri).get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "RUNNING"

@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from irnn_search.dev.servers import MlflowServer, Postgres, reachable_tempdir
-
 from tests.chaos import SoakConfig, soak
 from tests.chaos_checks import Summary
 

@@ -40,9 +40,10 @@ class Outcome(StrEnum):
     LOST = "lost"  # its worker died or its heartbeat lapsed; a janitor re-queued it
 
 
-#: the outcomes of a trial that is to run again (re-queued, not counted against the budget); a
-#: failed trial with no outcome at all was failed by a janitor, its worker having died
-RELEASED = (None, Outcome.INTERRUPTED)
+#: the outcomes of a trial that is to run again (re-queued, not counted against the budget): a
+#: janitor marks a trial it failed ``lost``; a failed trial with no outcome at all was failed by
+#: a janitor that died before marking it (or by an older version)
+RELEASED = (None, Outcome.INTERRUPTED, Outcome.LOST)
 
 #: the outcomes a trial record in our database may hold (its check constraint)
 RECORDED = (

@@ -63,6 +63,9 @@ clip = 1
 
 #: fault kinds and their relative weights: worker faults are the common ones, server restarts rarer
 FAULTS = {"sigkill": 3.0, "sigterm": 2.0, "restart_postgres": 1.0, "restart_mlflow": 1.0}
+#: the first faults of every soak, one of each kind, a few seconds apart: however fast the study
+#: runs on the machine at hand, each kind lands while trials run (random draws follow)
+OPENING = ("sigkill", "restart_postgres", "sigterm", "restart_mlflow")
 
 
 @dataclass(frozen=True)
@@ -254,11 +257,13 @@ class Soak:
         for _ in range(c.workers):
             self.start_worker()
         chaos_end = time.monotonic() + c.chaos_s
-        next_fault = time.monotonic() + rng.expovariate(1 / c.fault_every_s)
+        opening = list(OPENING)
+        next_fault = time.monotonic() + rng.uniform(2.0, 4.0)
         while time.monotonic() < chaos_end and not self.done():
             if time.monotonic() >= next_fault:
-                self.inject(rng.choices(kinds, weights)[0], rng)
-                next_fault = time.monotonic() + rng.expovariate(1 / c.fault_every_s)
+                self.inject(opening.pop(0) if opening else rng.choices(kinds, weights)[0], rng)
+                wait = rng.uniform(2.0, 4.0) if opening else rng.expovariate(1 / c.fault_every_s)
+                next_fault = time.monotonic() + wait
             self.top_up(rng)
             time.sleep(0.5)
         chaos_s = time.time() - started

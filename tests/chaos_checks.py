@@ -216,7 +216,7 @@ def _attempt(
 ) -> Attempt:
     r = soak.config.report_every
     outcome = t.user_attrs.get("outcome")
-    self_ended = t.state != TrialState.FAIL or outcome is not None
+    self_ended = t.state != TrialState.FAIL or outcome not in (None, "lost")  # "lost": a janitor failed it
     started = _ts(t.datetime_start)
     ends = [_ts(t.datetime_complete)] if t.datetime_complete else []
     ends.extend(seen)
@@ -347,8 +347,9 @@ def _check_lineage(chain: list[Attempt], tolerance_s: float, s: Summary) -> None
 
 def counts(t: FrozenTrial) -> bool:
     """Whether a finished trial counts against the budget: not released (interrupted, or lost and
-    failed by a janitor, so without an outcome) and not a surplus trial that stood down."""
-    released = t.state == TrialState.FAIL and t.user_attrs.get("outcome") in (None, "interrupted")
+    failed by a janitor: marked ``lost``, or without an outcome where the janitor died before
+    marking it) and not a surplus trial that stood down."""
+    released = t.state == TrialState.FAIL and t.user_attrs.get("outcome") in (None, "interrupted", "lost")
     return not released and t.user_attrs.get("outcome") != "surplus"
 
 

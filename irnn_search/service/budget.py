@@ -134,6 +134,14 @@ def usage(study: optuna.Study) -> Usage:
     )
 
 
+def owed(study: optuna.Study) -> bool:
+    """Whether a re-queued attempt (a released trial's copy, carrying ``retry_of``) waits in the
+    study: it continues a lineage the budget already admitted, so it runs even when the budget
+    reads as met (a worker that left it WAITING would leave the lineage unfinished for good)."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return any("retry_of" in t.user_attrs for t in waiting)
+
+
 def budget_left(study: optuna.Study, model: ModelSpec, u: Usage | None = None) -> bool:
     """Whether another trial may start (trials in flight count). Two workers that pass this check
     in the same instant are settled by ``surplus`` when their trials start. ``u``: the study's

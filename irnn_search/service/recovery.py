@@ -120,7 +120,13 @@ class Janitor:
         self.lost: list[tuple[str, int]] = []
 
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from irnn_search.service.storage import mark_released
+
         reason = f"lost: its worker sent no heartbeat for more than {self.grace_s:.0f} s (killed or unreachable)"
+        try:  # before the re-queue: should this process die in between, the trial still reads released
+            mark_released(study._storage, trial._trial_id, Outcome.LOST.value)
+        except Exception as exc:  # the re-queue matters more; see mark_released for the cost
+            log.warning("study %s trial %d: could not mark it lost: %s", study.study_name, trial.number, exc)
         requeue(study, trial, reason, max_lost=self.max_lost)
         self.lost.append((study.study_name, trial.number))
         log.warning("study %s trial %d: %s; re-queued", study.study_name, trial.number, reason)

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 
 from irnn_search.search.spec import ModelSpec, StudySpec
 from irnn_search.service.attempt import UNFIT
-from irnn_search.service.budget import Usage, budget_left, surplus, usage
+from irnn_search.service.budget import Usage, budget_left, owed, surplus, usage
 from irnn_search.service.objective import make_objective, run_one
 from irnn_search.service.preflight import unfit_studies
 from irnn_search.service.recovery import MAX_LOST, Janitor, released, requeue, requeue_released
@@ -393,7 +393,7 @@ class _Loop:
             if not self.studies:
                 break
             uses = {n: usage(s) for n, s in self.studies.items()}  # one read of each study's trials per pick
-            open_ = [n for n, s in self.studies.items() if budget_left(s, self._model(n), uses[n])]
+            open_ = [n for n, s in self.studies.items() if budget_left(s, self._model(n), uses[n]) or owed(s)]
             if not open_:
                 if self.linger(uses):
                     continue
@@ -464,6 +464,8 @@ class _Loop:
             if name in self.unfit:
                 return False
             u = usage(study)
+            if owed(study):
+                return True
             return budget_left(study, model, u) and (least is None or u.finished + u.running < least + pack)
 
         ran = run_pack(

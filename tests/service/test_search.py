@@ -563,3 +563,60 @@ def test_a_worker_stopped_or_leaving_while_trials_run_elsewhere_leaves_the_paren
     stop.set()
     work(load_studies(storage), checkpoint_root=tmp_path / "c", stop=stop, tracker=tracker)
     assert MlflowClient(tracker.tracking_uri).get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "RUNNING"
+
+
+def test_a_trial_whose_worker_died_after_recording_its_outcome_counts_once_as_its_lineage(
+    tmp_path: Path, storage: str
+) -> None:
+    """A worker records a trial's outcome, then tells Optuna: SIGKILLed between the two (seen in
+    the chaos soak), it leaves a RUNNING trial that says ``complete``. The janitor fails it and
+    re-queues it; the failed trial must read released (``lost``), not count beside its copy."""
+    import dataclasses
+
+    from irnn_search.service.budget import budget_left
+    from irnn_search.service.recovery import Janitor, released
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    dying = study.ask()
+    dying.suggest_float("identity_scale", 0.1, 1.0)
+    dying.set_user_attr("outcome", "complete")  # ...and the worker dies before `tell`
+    frozen = study.tell(dying, state=TrialState.FAIL)  # what the janitor's fail_stale_trials does
+    Janitor().on_stale(study, frozen)
+
+    fresh = optuna.load_study(study_name=study.study_name, storage=storage)  # no cached copies
+    failed = fresh.trials[dying.number]
+    assert failed.user_attrs["outcome"] == "lost" and released(failed)
+    u = usage(fresh)
+    assert (u.finished, u.waiting) == (0, 1), "the lineage counts once: as its waiting copy"
+    assert budget_left(fresh, spec.model("irnn"), u)
+
+
+def test_a_waiting_requeued_attempt_runs_even_when_the_budget_reads_as_met(tmp_path: Path, storage: str) -> None:
+    """However the count came to read full (a lineage counted twice: a janitor that died before
+    marking its trial lost, or an older version's), a copy of a released trial left WAITING would
+    never finish its lineage: a worker runs it."""
+    import dataclasses
+
+    from irnn_search.service.budget import budget_left
+    from irnn_search.service.recovery import requeue
+    from irnn_search.service.worker import open_for_work
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2, steps=20)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    done = study.ask()
+    done.suggest_float("identity_scale", 0.1, 1.0)
+    study.tell(done, 0.5)
+    dying = study.ask()
+    dying.suggest_float("identity_scale", 0.1, 1.0)
+    dying.set_user_attr("outcome", "complete")  # its worker died before `tell`...
+    frozen = study.tell(dying, state=TrialState.FAIL)
+    requeue(study, frozen, "lost")  # ...and it was re-queued without being marked lost
+    assert not budget_left(study, spec.model("irnn")), "the lineage counts twice: the budget reads as met"
+
+    studies, janitor = open_for_work(storage, [study.study_name], heartbeat_s=1, grace_s=3)
+    ran = work(studies, checkpoint_root=tmp_path / "c", stop=threading.Event(), janitor=janitor)
+    assert ran == 1
+    (copy,) = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == dying.number]
+    assert copy.state == TrialState.COMPLETE
+    assert not study.get_trials(states=(TrialState.WAITING, TrialState.RUNNING))

@@ -39,7 +39,7 @@ subclasses, and what must be registered globally is registered when a storage is
 
 from irnn_search.service.storage.connect import RETRY_S, StaleCallback, check_reachable, launch_lock, open_storage
 from irnn_search.service.storage.groups import DEVICE_S, PACK_SLOTS, TrialGroup, trial_groups
-from irnn_search.service.storage.heartbeat import HeartbeatRDBStorage
+from irnn_search.service.storage.heartbeat import HeartbeatRDBStorage, mark_released
 from irnn_search.service.storage.lost import connection_lost
 from irnn_search.service.storage.resilient import ResilientRDBStorage
 
@@ -54,6 +54,7 @@ __all__ = [
     "check_reachable",
     "connection_lost",
     "launch_lock",
+    "mark_released",
     "open_storage",
     "trial_groups",
 ]

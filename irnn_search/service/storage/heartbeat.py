@@ -4,6 +4,7 @@ atomic on SQLite too."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -87,3 +88,30 @@ def never_beat(storage: RDBStorage, study_id: int) -> list[int]:
     )
     with storage.engine.connect() as connection:
         return [int(i) for i in connection.execute(query).scalars()]
+
+
+def mark_released(storage: Any, trial_id: int, outcome: str) -> bool:
+    """Set the ``outcome`` user attr of ``trial_id``, which a janitor has just failed, to
+    ``outcome`` (``lost``), overwriting what its dead worker may have written.
+
+    A worker records a trial's outcome, then tells Optuna its state: killed between the two, it
+    leaves a RUNNING trial that says ``complete`` (or ``pruned``...). The janitor fails it and
+    re-queues its lineage; read as it stood, that failed trial would count against the budget
+    beside its own re-queued copy (one lineage counted twice, a study "done" one trial early,
+    with the copy left WAITING). Optuna refuses attribute writes to a finished trial, hence a
+    write of our own. Returns False where the storage is not an RDB one (nothing written).
+    """
+    from optuna.storages._rdb.storage import _create_scoped_session  # private: pinned optuna
+
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDBStorage in a cache
+    if not isinstance(backend, RDBStorage):
+        return False
+    m = _rdb_models
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        trial = m.TrialModel.find_or_raise_by_id(trial_id, session)
+        row = m.TrialUserAttributeModel.find_by_trial_and_key(trial, "outcome", session)
+        if row is None:
+            session.add(m.TrialUserAttributeModel(trial_id=trial_id, key="outcome", value_json=json.dumps(outcome)))
+        else:
+            row.value_json = json.dumps(outcome)
+    return True

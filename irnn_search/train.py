@@ -166,6 +166,169 @@ def _better(task: Task, value: float, best: float | None) -> bool:
     return value < best if task.direction == "minimize" else value > best
 
 
+def new_interval() -> dict[str, float]:
+    """The running sums of one reporting interval (kept in checkpoints, so a resume continues them)."""
+    return {"loss": 0.0, "grad": 0.0, "n": 0, "time": 0.0}
+
+
+def report_metrics(step: int, val: dict[str, float], interval: dict[str, float]) -> dict[str, float]:
+    """What an evaluation reports: the ``val_*`` metrics and the interval's means since the last one."""
+    n = max(int(interval["n"]), 1)
+    return {
+        "step": float(step),
+        **{f"val_{k}": v for k, v in val.items()},
+        "train_loss": interval["loss"] / n,
+        "grad_norm": interval["grad"] / n,
+        "steps_per_s": interval["n"] / interval["time"] if interval["time"] > 0 else 0.0,
+    }
+
+
+def prepare(model: RecurrentModel, config: TrainConfig) -> tuple[torch.device, torch.optim.Optimizer]:
+    """What a run does before its first step: the device, denormal flushing, train mode, optimizer."""
+    device = torch.device(config.device)
+    if config.flush_denormal:
+        torch.set_flush_denormal(True)
+    model.to(device)
+    model.train()
+    return device, build_optimizer(model, config)
+
+
+class _Run:
+    """One ``train()`` call's state: what its checkpoints hold, and the phases of its loop."""
+
+    def __init__(
+        self,
+        model: RecurrentModel,
+        task: Task,
+        config: TrainConfig,
+        *,
+        checkpoint_dir: str | Path | None,
+        on_checkpoint: Callable[[Path], None] | None,
+    ) -> None:
+        self.model, self.task, self.config = model, task, config
+        self.device, self.optimizer = prepare(model, config)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.clip = config.clip if config.clip else math.inf
+        self.ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.on_checkpoint = on_checkpoint
+        self.identity = run_identity(task, model, config)
+        self.step = 0
+        self.state: State | None = None
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] = {}
+        self.train_time = 0.0
+        self.interval = new_interval()
+        self.resumed_from: int | None = None
+        # Throughput counts only the steps done in this process (a resumed run has fewer).
+        self.steps_at_start = 0
+        self.session_time = 0.0
+
+    def resume(self) -> None:
+        """Continue from ``last.pt`` when the checkpoint folder has one (refused if another run's)."""
+        if self.ckpt_dir is None or not (self.ckpt_dir / "last.pt").exists():
+            return
+        resumed = restore_checkpoint(
+            self.ckpt_dir / "last.pt",
+            identity=self.identity,
+            model=self.model,
+            optimizer=self.optimizer,
+            device=self.device,
+        )
+        self.step, self.history, self.best = resumed.step, resumed.history, resumed.best
+        self.train_time, self.interval, self.state = resumed.train_time, resumed.interval, resumed.state
+        self.resumed_from = self.steps_at_start = self.step
+        log.info("resumed from %s at step %d", self.ckpt_dir / "last.pt", self.step)
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.ckpt_dir is None:
+            return
+        ckpt = build_checkpoint(
+            identity=self.identity,
+            step=self.step,
+            model=self.model,
+            optimizer=self.optimizer,
+            device=self.device,
+            state=self.state,
+            history=self.history,
+            best=self.best,
+            train_time=self.train_time,
+            interval=self.interval,
+        )
+        atomic_save(ckpt, self.ckpt_dir / name)
+        if name == "last.pt" and self.on_checkpoint is not None:
+            self.on_checkpoint(self.ckpt_dir / name)
+
+    def result(self, outcome: Outcome, reason: str) -> TrainResult:
+        return TrainResult(
+            outcome=outcome,
+            reason=reason,
+            step=self.step,
+            steps_per_s=(self.step - self.steps_at_start) / self.session_time if self.session_time > 0 else 0.0,
+            final=self.history[-1] if self.history else {},
+            best=self.best,
+            history=self.history,
+            train_time_s=self.train_time,
+            resumed_from=self.resumed_from,
+        )
+
+    def diverged(self, why: str) -> TrainResult:
+        log.warning("run diverged: %s", why)
+        return self.result(Outcome.DIVERGED, f"diverged: {why}")
+
+    def train_step(self) -> tuple[float, str | None]:
+        """One optimizer step; returns the batch loss and why it diverged (then nothing was updated)."""
+        model, task = self.model, self.task
+        t0 = time.perf_counter()
+        batch = _to(task.train_batch(self.step), self.device)
+        if not task.carry_state or batch.reset:
+            self.state = None
+        out, new_state = model(batch.x, self.state, readout=task.readout)
+        loss = task.loss(out, batch)
+        penalty = model.penalty()
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss if penalty is None else loss + penalty).backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+        loss_value = float(loss.detach())
+
+        # Checked before the update, so the model keeps its last finite parameters.
+        why = divergence(self.config, loss_value, grad_norm, state_abs_max(new_state), self.step + 1)
+        if why is not None:
+            return loss_value, why
+
+        self.optimizer.step()
+        model.after_step()
+        self.step += 1
+        if task.carry_state:
+            self.state = detach_state(new_state)
+        elapsed = time.perf_counter() - t0
+        self.train_time += elapsed
+        self.session_time += elapsed
+        self.interval["loss"] += loss_value
+        self.interval["grad"] += grad_norm
+        self.interval["n"] += 1
+        self.interval["time"] += elapsed
+        return loss_value, None
+
+    def evaluation(self, report: ReportHook | None) -> TrainResult | None:
+        """Evaluate, checkpoint (``best.pt`` too when it improved), report; a result if the run ends."""
+        task, key = self.task, f"val_{self.task.metric}"
+        metrics = report_metrics(self.step, evaluate(self.model, task, "val"), self.interval)
+        self.interval = new_interval()
+        self.history.append(metrics)
+        if not math.isfinite(metrics.get(key, math.nan)):
+            self.save()
+            return self.diverged(f"validation {task.metric} is {metrics.get(key)} at step {self.step}")
+        improved = _better(task, metrics[key], self.best.get(key))
+        if improved:
+            self.best = dict(metrics)
+        self.save()
+        if improved:
+            self.save("best.pt")
+        if report is not None and report(self.step, metrics):
+            return self.result(Outcome.STOPPED, f"stopped by the report hook at step {self.step}")
+        return None
+
+
 def train(
     model: RecurrentModel,
     task: Task,
@@ -198,136 +361,25 @@ def train(
         model keeps the last finite parameters (the bad update is never applied). A NaN
         validation metric never becomes ``best``.
     """
-    device = torch.device(config.device)
-    if config.flush_denormal:
-        torch.set_flush_denormal(True)
-    model.to(device)
-    model.train()
-    optimizer = build_optimizer(model, config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = config.clip if config.clip else None
-    key = f"val_{task.metric}"
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    identity = run_identity(task, model, config)
-
-    step = 0
-    state: State | None = None
-    history: list[dict[str, float]] = []
-    best: dict[str, float] = {}
-    train_time = 0.0
-    interval = {"loss": 0.0, "grad": 0.0, "n": 0, "time": 0.0}
-    resumed_from: int | None = None
-
-    if ckpt_dir is not None and resume and (ckpt_dir / "last.pt").exists():
-        resumed = restore_checkpoint(
-            ckpt_dir / "last.pt", identity=identity, model=model, optimizer=optimizer, device=device
-        )
-        step, history, best = resumed.step, resumed.history, resumed.best
-        train_time, interval, state = resumed.train_time, resumed.interval, resumed.state
-        resumed_from = step
-        log.info("resumed from %s at step %d", ckpt_dir / "last.pt", step)
-
-    def save(name: str = "last.pt") -> None:
-        if ckpt_dir is None:
-            return
-        ckpt = build_checkpoint(
-            identity=identity,
-            step=step,
-            model=model,
-            optimizer=optimizer,
-            device=device,
-            state=state,
-            history=history,
-            best=best,
-            train_time=train_time,
-            interval=interval,
-        )
-        atomic_save(ckpt, ckpt_dir / name)
-        if name == "last.pt" and on_checkpoint is not None:
-            on_checkpoint(ckpt_dir / name)
-
-    def result(outcome: Outcome, reason: str) -> TrainResult:
-        return TrainResult(
-            outcome=outcome,
-            reason=reason,
-            step=step,
-            steps_per_s=(step - steps_at_start) / session_time if session_time > 0 else 0.0,
-            final=history[-1] if history else {},
-            best=best,
-            history=history,
-            train_time_s=train_time,
-            resumed_from=resumed_from,
-        )
-
-    # Throughput counts only the steps done in this process (a resumed run has fewer).
-    steps_at_start = step
-    session_time = 0.0
-
-    def diverged(why: str) -> TrainResult:
-        log.warning("run diverged: %s", why)
-        return result(Outcome.DIVERGED, f"diverged: {why}")
-
-    while step < config.steps:
+    run = _Run(model, task, config, checkpoint_dir=checkpoint_dir, on_checkpoint=on_checkpoint)
+    if resume:
+        run.resume()
+    while run.step < config.steps:
         if stop is not None and stop.is_set():
-            save()
-            return result(Outcome.INTERRUPTED, f"interrupted at step {step}; resume from the checkpoint")
+            run.save()
+            return run.result(Outcome.INTERRUPTED, f"interrupted at step {run.step}; resume from the checkpoint")
 
-        # -- one optimizer step ----------------------------------------------------------------
-        t0 = time.perf_counter()
-        batch = _to(task.train_batch(step), device)
-        if not task.carry_state or batch.reset:
-            state = None
-        out, new_state = model(batch.x, state, readout=task.readout)
-        loss = task.loss(out, batch)
-        penalty = model.penalty()
-        optimizer.zero_grad(set_to_none=True)
-        (loss if penalty is None else loss + penalty).backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf))
-        loss_value = float(loss.detach())
-
-        # -- divergence: checked before the update, so the model keeps its last finite state ----
-        why = divergence(config, loss_value, grad_norm, state_abs_max(new_state), step + 1)
+        # -- one optimizer step (divergence checked before the update) --------------------------
+        loss_value, why = run.train_step()
         if why is not None:
-            return diverged(why)
-
-        optimizer.step()
-        model.after_step()
-        step += 1
-        if task.carry_state:
-            state = detach_state(new_state)
-        elapsed = time.perf_counter() - t0
-        train_time += elapsed
-        session_time += elapsed
-        interval["loss"] += loss_value
-        interval["grad"] += grad_norm
-        interval["n"] += 1
-        interval["time"] += elapsed
+            return run.diverged(why)
         if progress is not None:
-            progress(step, loss_value)
+            progress(run.step, loss_value)
 
         # -- evaluation, report, checkpoint ----------------------------------------------------
-        if step % config.eval_every == 0 or step == config.steps:
-            val = evaluate(model, task, "val")
-            n = max(int(interval["n"]), 1)
-            metrics = {
-                "step": float(step),
-                **{f"val_{k}": v for k, v in val.items()},
-                "train_loss": interval["loss"] / n,
-                "grad_norm": interval["grad"] / n,
-                "steps_per_s": interval["n"] / interval["time"] if interval["time"] > 0 else 0.0,
-            }
-            interval = {"loss": 0.0, "grad": 0.0, "n": 0, "time": 0.0}
-            history.append(metrics)
-            if not math.isfinite(metrics.get(key, math.nan)):
-                save()
-                return diverged(f"validation {task.metric} is {metrics.get(key)} at step {step}")
-            improved = _better(task, metrics[key], best.get(key))
-            if improved:
-                best = dict(metrics)
-            save()
-            if improved:
-                save("best.pt")
-            if report is not None and report(step, metrics):
-                return result(Outcome.STOPPED, f"stopped by the report hook at step {step}")
+        if run.step % config.eval_every == 0 or run.step == config.steps:
+            ended = run.evaluation(report)
+            if ended is not None:
+                return ended
 
-    return result(Outcome.COMPLETED, f"completed {step} steps")
+    return run.result(Outcome.COMPLETED, f"completed {run.step} steps")

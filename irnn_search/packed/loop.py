@@ -59,8 +59,10 @@ from irnn_search.train import (
     TrainResult,
     _better,
     _to,
-    build_optimizer,
     divergence,
+    new_interval,
+    prepare,
+    report_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -108,10 +110,6 @@ def out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def _new_interval() -> dict[str, float]:
-    return {"loss": 0.0, "grad": 0.0, "n": 0, "time": 0.0}
-
-
 @dataclass
 class _Run:
     """One member's bookkeeping: the local variables of ``train()``."""
@@ -124,7 +122,7 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] = field(default_factory=dict)
     train_time: float = 0.0
-    interval: dict[str, float] = field(default_factory=_new_interval)
+    interval: dict[str, float] = field(default_factory=new_interval)
     resumed_from: int | None = None
     steps_at_start: int = 0
     session_time: float = 0.0
@@ -173,12 +171,7 @@ class _Run:
 def _start(member: Member) -> _Run:
     """What ``train()`` does before its first step: device, optimizer, identity, resume."""
     config, model, task = member.config, member.model, member.task
-    device = torch.device(config.device)
-    if config.flush_denormal:
-        torch.set_flush_denormal(True)
-    model.to(device)
-    model.train()
-    optimizer = build_optimizer(model, config)
+    device, optimizer = prepare(model, config)
     optimizer_kind(optimizer)  # PackError now rather than mid-pack
     ckpt_dir = Path(member.checkpoint_dir) if member.checkpoint_dir is not None else None
     run = _Run(member, optimizer, run_identity(task, model, config), ckpt_dir)
@@ -458,16 +451,9 @@ class PackedTrainer:
     def _after_eval(self, pack: _Pack, k: int, val: dict[str, float]) -> PackedResult | None:
         """``train()``'s evaluation phase for member ``k``: metrics, checkpoints, report hook."""
         run = pack.runs[k]
-        task, interval = run.member.task, run.interval
-        n = max(int(interval["n"]), 1)
-        metrics = {
-            "step": float(run.step),
-            **{f"val_{key}": v for key, v in val.items()},
-            "train_loss": interval["loss"] / n,
-            "grad_norm": interval["grad"] / n,
-            "steps_per_s": interval["n"] / interval["time"] if interval["time"] > 0 else 0.0,
-        }
-        run.interval = _new_interval()
+        task = run.member.task
+        metrics = report_metrics(run.step, val, run.interval)
+        run.interval = new_interval()
         run.history.append(metrics)
         key = f"val_{task.metric}"
         pack.sync(k)

@@ -64,8 +64,9 @@ or ``PackedTrainer(fused_backward=False)`` keeps autograd's step-by-step backwar
 caller that wants to drive the loop itself.
 """
 
-from irnn_search.packed.families import FAMILIES, PackedModel, packable, why_not_packable
+from irnn_search.packed.families import FAMILIES
 from irnn_search.packed.loop import Member, PackedResult, PackedTrainer, train_packed
+from irnn_search.packed.model import PackedModel, packable, why_not_packable
 from irnn_search.packed.optim import PackedOptimizer, PackError
 
 __all__ = [

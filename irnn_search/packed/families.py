@@ -37,16 +37,16 @@ Every family of the zoo packs. What goes beyond parameters has its own packed co
   and projection onto O(n) every M rebases) runs for exactly the members whose update was applied,
   each on its own step count.
 
-Not packed (``why_not_packable`` says why, and the member trains alone): token tasks (embeddings,
-state carried between batches), and any model with a parameter or buffer a packed family does not
-cover.
+Not packed (``irnn_search.packed.model.why_not_packable`` says why, and the member trains alone):
+token tasks (embeddings, state carried between batches), and any model with a parameter or buffer a
+packed family does not cover.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -62,7 +62,9 @@ from irnn_search.models.nnrnn import NNRNN
 from irnn_search.models.orthogonal import SignFlip, cayley_map, parametrizations, raw_parameter, skew
 from irnn_search.models.rnn_orth import RNNOrth
 from irnn_search.packed.scan import Activation, Workspace, elman_scan, lstm_scan, project_in_loop
-from irnn_search.tasks.base import Task
+
+if TYPE_CHECKING:  # the pack runs the families; a family's after_step is handed the pack
+    from irnn_search.packed.model import PackedModel
 
 Tensor = torch.Tensor
 Params = Mapping[str, Tensor]
@@ -155,7 +157,7 @@ def _elman(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, Stat
 
 
 def _elman_scan(
-    x: Tensor, w_in: Tensor, bias: Tensor | None, w_rec: Tensor, act: Activation, ws: Workspace, act_b: Tensor | None
+    x: Tensor, w_in: Tensor, bias: Tensor | None, w_rec: Tensor, act: Activation, ws: Workspace, *, act_b: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """The fused Elman scan on inputs ``x`` [K, T, B, I]: projected inside the time loop where the
     inputs are small, else all at once before it."""
@@ -166,7 +168,7 @@ def _elman_scan(
 
 
 def _elman_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
-    return _elman_scan(x, p["w_ih"], p["b_ih"] + p["b_hh"], p["w_hh"], variant[0], ws, None)  # relu | tanh
+    return _elman_scan(x, p["w_ih"], p["b_ih"] + p["b_hh"], p["w_hh"], variant[0], ws, act_b=None)  # relu | tanh
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def _rnn_orth(p: Params, x: Tensor, variant: tuple[Any, ...]) -> tuple[Tensor, S
 
 def _rnn_orth_fused(p: Params, x: Tensor, variant: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
     # tanh | modrelu; only modReLU has a bias (act_b)
-    return _elman_scan(x, p["w_in"], p.get("b_in"), p["w_rec"], variant[0], ws, p.get("act_b"))
+    return _elman_scan(x, p["w_in"], p.get("b_in"), p["w_rec"], variant[0], ws, act_b=p.get("act_b"))
 
 
 # -- expRNN / Cayley: constrained (skew parameter, lr_orth) ----------------------------------------
@@ -272,7 +274,7 @@ def _modrelu_family(
         return _loop(_project(x, p["w_in"], None), _zeros(x, W.shape[-1]), W, _act(p, ("modrelu",)))
 
     def fused(p: Params, x: Tensor, v: tuple[Any, ...], ws: Workspace) -> tuple[Tensor, State]:
-        return _elman_scan(x, p["w_in"], None, matrix(p, v), "modrelu", ws, p["act_b"])
+        return _elman_scan(x, p["w_in"], None, matrix(p, v), "modrelu", ws, act_b=p["act_b"])
 
     return PackedFamily(name, params, recurrence, variant, lambda v: fused, **hooks)
 
@@ -482,178 +484,4 @@ FAMILIES: dict[str, PackedFamily] = {
 }
 
 
-def packable(family: str) -> bool:
-    """True when ``family`` has a packed implementation (the task may still refuse: see
-    ``why_not_packable``)."""
-    return family in FAMILIES
-
-
-def why_not_packable(model: RecurrentModel, task: Task) -> str | None:
-    """Why this member cannot join a pack (None = it can). The caller trains it alone instead."""
-    if model.family not in FAMILIES:
-        return (
-            f"model family {model.family!r} has no packed implementation "
-            f"(packed families: {', '.join(FAMILIES)}); it trains one trial at a time"
-        )
-    if task.vocab_size is not None or task.carry_state or model.embedding is not None:
-        return f"task {task.name!r} has token inputs or carries state between batches, which packs do not support yet"
-    named = FAMILIES[model.family].params(model)
-    covered = {id(p) for p in named.values()}
-    missing = [n for n, p in model.named_parameters() if id(p) not in covered]
-    if missing:
-        return f"{model.family}: parameters {', '.join(missing)} have no packed counterpart"
-    held = {id(b) for b in FAMILIES[model.family].buffers(model).values()}
-    missing = [n for n, b in model.named_buffers() if id(b) not in held]
-    if missing:
-        return f"{model.family}: buffers {', '.join(missing)} have no packed counterpart"
-    if model.penalty() is not None and FAMILIES[model.family].penalty is None:
-        return f"{model.family}: adds a loss penalty that its packed family does not compute"
-    return None
-
-
-def ordered_params(model: RecurrentModel) -> list[tuple[str, nn.Parameter]]:
-    """(packed name, parameter) in ``model.parameters()`` order: the order ``train`` sums the
-    gradient norm in, so the packed per-member norm adds the same terms in the same order."""
-    names = {id(p): n for n, p in FAMILIES[model.family].params(model).items()}
-    return [(names[id(p)], p) for p in model.parameters() if p.requires_grad]
-
-
-def pack_key(model: RecurrentModel, task: Task, device: str) -> tuple[Any, ...]:
-    """Members with equal keys can share a pack: same family and variant, same parameter shapes
-    (so different hidden sizes go to different packs: bucketing), same batch shape and device."""
-    fam = FAMILIES[model.family]
-    shapes = tuple((n, tuple(p.shape)) for n, p in ordered_params(model))
-    return (
-        model.family,
-        fam.variant(model),
-        shapes,
-        type(task).__name__,
-        task.readout,
-        task.batch_size,
-        task.seq_len,
-        torch.device(device),
-    )
-
-
-class PackedModel:
-    """The stacked parameters of K members of one family and the packed forward pass.
-
-    ``params[name]`` is a leaf tensor [K, ...] with ``requires_grad``; ``names`` lists them in
-    the members' ``parameters()`` order. With ``fused_backward`` (default) the family's
-    hand-written backward runs where it has one; ``fused`` is that recurrence, None when
-    autograd differentiates the loop (``fused_backward=False``: the step-by-step path, kept for
-    comparison and bit-exact against ``train()``).
-    """
-
-    def __init__(self, models: list[RecurrentModel], device: torch.device, fused_backward: bool = True) -> None:
-        if not models:
-            raise ValueError("a pack needs at least one member")
-        first = models[0]
-        self.family = FAMILIES[first.family]
-        self.variant = self.family.variant(first)
-        self.fused = self.family.fused(self.variant) if fused_backward else None
-        self.workspace: Workspace = {}  # the fused backward's buffers, reused step after step
-        self.names = [n for n, _ in ordered_params(first)]
-        self.params: dict[str, Tensor] = {}
-        with torch.no_grad():
-            for name in self.names:
-                stacked = torch.stack([dict(ordered_params(m))[name].detach().to(device) for m in models])
-                self.params[name] = stacked.requires_grad_(True)
-            #: The family's non-trainable tensors, stacked [K, ...] (see ``PackedFamily.buffers``).
-            per_member = [self.family.buffers(m) for m in models]
-            self.buffers: dict[str, Tensor] = {
-                name: torch.stack([b[name].detach().to(device) for b in per_member]) for name in per_member[0]
-            }
-
-    @property
-    def size(self) -> int:
-        return int(self.params[self.names[0]].shape[0])
-
-    def write_back(self, k: int, model: RecurrentModel) -> None:
-        """Copy member ``k``'s slice into its own model (in place: the model keeps its tensors),
-        its buffers included (constants made from its config have nothing to go back to)."""
-        with torch.no_grad():
-            for name, p in ordered_params(model):
-                p.copy_(self.params[name][k])
-            own = {id(b) for b in model.buffers()}
-            for name, b in self.family.buffers(model).items():
-                if id(b) in own:
-                    b.copy_(self.buffers[name][k])
-
-    def select(self, index: Tensor) -> dict[str, Tensor]:
-        """The parameters (detached) and buffers of the members ``index``, for ``forward``."""
-        chosen = {n: p.detach().index_select(0, index) for n, p in self.params.items()}
-        return {**chosen, **{n: b.index_select(0, index) for n, b in self.buffers.items()}}
-
-    def penalty(self) -> Tensor | None:
-        """The family's per-member loss penalty [K] (nnRNN's), or None."""
-        if self.family.penalty is None:
-            return None
-        return self.family.penalty({**self.params, **self.buffers})
-
-    def after_step(self, stepped: list[int]) -> None:
-        """The family's work after an optimizer step, for the members ``stepped`` (dtriv's rebase)."""
-        if self.family.after_step is not None:
-            self.family.after_step(self, stepped)
-
-    def forward(
-        self,
-        x: Tensor,
-        readout: Literal["all", "last"],
-        params: Params | None = None,
-    ) -> tuple[Tensor, State]:
-        """Outputs [K, B, O] (``last``) or [K, T, B, O] (``all``) for inputs ``x`` [K, T, B, I].
-
-        ``params`` defaults to the pack's own parameters and buffers; pass ``select(index)`` to run
-        only some members (evaluation of the members due).
-        """
-        p = {**self.params, **self.buffers} if params is None else params
-        if self.fused is not None:
-            hs, state = self.fused(p, x, self.variant, self.workspace)
-        else:
-            hs, state = self.family.recurrence(p, x, self.variant)
-        if readout == "last":
-            # The final state, not hs[-1]: the same values, and no gradient flows into hs.
-            last = state[0] if isinstance(state, tuple) else state
-            return _readout(last, p["w_out"], p["b_out"]), state
-        T, K, B, H = hs.shape
-        out = _readout(hs.transpose(0, 1).reshape(K, T * B, H), p["w_out"], p["b_out"])
-        return out.view(K, T, B, -1), state
-
-
-#: Below this many multiply-adds per member, ATen's CPU ``bmm`` takes a naive loop that sums in
-#: another order than ``addmm`` (what ``nn.Linear`` runs); above it both call the same BLAS gemm
-#: and agree bit for bit (checked: recurrence and readout of a pack equal the model's exactly).
-_SMALL_BMM = 400
-
-
-def _readout(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """Per-member linear readout: ``h`` [K, N, H] -> [K, N, O]."""
-    _, N, H = h.shape
-    if h.device.type == "cpu" and N * H * w.shape[1] < _SMALL_BMM:
-        # Tiny readouts (the adding task's single output at small batch): one Linear per member
-        # keeps the member on the trajectory of the model alone; the cost is K tiny ops per step.
-        outs = [
-            nn.functional.linear(hk, wk, bk) for hk, wk, bk in zip(h.unbind(0), w.unbind(0), b.unbind(0), strict=True)
-        ]
-        return torch.stack(outs)
-    return torch.baddbmm(b.unsqueeze(1), h, w.mT)
-
-
-def state_abs_max_per_member(state: State) -> Tensor:
-    """Largest |entry| of each member's final state ([K]; NaN where a member has a NaN)."""
-    parts = state if isinstance(state, tuple) else (state,)
-    maxes = [p.detach().abs().amax(dim=tuple(range(1, p.dim()))) for p in parts]
-    return torch.stack(maxes).amax(dim=0) if len(maxes) > 1 else maxes[0]
-
-
-__all__ = [
-    "FAMILIES",
-    "PackedFamily",
-    "PackedModel",
-    "ordered_params",
-    "pack_key",
-    "packable",
-    "state_abs_max_per_member",
-    "why_not_packable",
-]
+__all__ = ["FAMILIES", "FusedRecurrence", "PackedFamily", "Params", "Recurrence"]

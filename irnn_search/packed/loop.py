@@ -40,7 +40,7 @@ import torch
 from irnn_search.checkpoint import TrainError, atomic_save, build_checkpoint, restore_checkpoint, run_identity
 from irnn_search.models.base import RecurrentModel, State
 from irnn_search.outcome import Outcome
-from irnn_search.packed.families import (
+from irnn_search.packed.model import (
     PackedModel,
     ordered_params,
     pack_key,

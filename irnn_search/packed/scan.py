@@ -202,6 +202,7 @@ def elman_scan(
     w_hh: Tensor,
     act: Activation,
     workspace: Workspace | None = None,
+    *,
     act_b: Tensor | None = None,
     w_in: Tensor | None = None,
     bias: Tensor | None = None,

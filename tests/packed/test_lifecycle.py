@@ -16,7 +16,7 @@ import torch
 from irnn_search.checkpoint import CheckpointError
 from irnn_search.models import MODELS, build_model
 from irnn_search.packed import Member, PackedTrainer, PackError, families, packable, train_packed, why_not_packable
-from irnn_search.packed.families import PackedModel
+from irnn_search.packed.model import PackedModel
 from irnn_search.train import train
 from tests.packed._trials import Spec, assert_same_history, assert_same_params
 from tests.test_train import plant_payload

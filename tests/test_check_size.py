@@ -81,3 +81,7 @@ def test_report_only_exits_0_and_strict_exits_1(
     assert check_size.main(["--strict", str(tmp_path)]) == 1
     (tmp_path / "big.py").write_text("x = 1\n")
     assert check_size.main(["--strict", str(tmp_path)]) == 0
+
+
+def test_the_package_is_within_the_limits(check_size: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_size.main(["--strict"]) == 0, capsys.readouterr().out

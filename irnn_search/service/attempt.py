@@ -424,7 +424,16 @@ class Attempt:
             trial.set_user_attr(f"resumed_at_step_seed{seed}", result.resumed_from)
         rid = self.ensure_run() if i == 0 else None
         if self.tracker is not None and rid is not None:
-            log_trial_artifacts(self.tracker, rid, spec, run, result, ckpt, self.train_kwargs, self.model_options)
+            log_trial_artifacts(
+                self.tracker,
+                rid,
+                spec,
+                run,
+                result,
+                ckpt,
+                train_kwargs=self.train_kwargs,
+                model_options=self.model_options,
+            )
         if (ckpt / "best.pt").exists():
             trial.set_user_attr(f"{BEST_SHA256}{seed}", file_digest(ckpt / "best.pt"))  # checked by the report
         trial.set_user_attr("steps_per_s", result.steps_per_s)
@@ -501,6 +510,7 @@ def log_trial_artifacts(
     run: Any,
     result: TrainResult,
     ckpt: Path,
+    *,
     train_kwargs: dict[str, Any],
     model_options: dict[str, Any],
 ) -> None:

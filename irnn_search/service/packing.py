@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,46 +61,44 @@ def pack_refusal(spec: StudySpec, model_key: str) -> str | None:
     return None
 
 
-def run_pack(
-    study: optuna.Study,
-    spec: StudySpec,
-    *,
-    pack: int,
-    device: str,
-    checkpoint_root: Path,
-    stop: threading.Event,
-    may_start: Callable[[], bool],
-    surplus: Callable[[optuna.Trial], bool],
-    requeue: Callable[[optuna.Study, FrozenTrial, str], None],
-    on_trial: Callable[[str, FrozenTrial], None] | None = None,
-    on_start: Callable[[optuna.Trial, dict[str, Any]], None] | None = None,
-    tracker: Tracker | None = None,
-    ledger: Ledger | None = None,
-    worker_id: int | None = None,
-) -> int:
-    """Train trials of ``study`` in a pack of up to ``pack`` until ``may_start()`` says no more
-    and every member has left (or ``stop`` is set). Returns the number of trials that ran."""
-    model_key = study.user_attrs["model"]
-    pack_id = uuid.uuid4().hex[:12]
-    ready: deque[Member] = deque()  # the next seed of a trial still in the pack
-    attempts: dict[int, Attempt] = {}
-    ran = 0
-    beats = Heartbeats(study)
-    clock = time.monotonic()  # when the pack's wall time was last shared out among its trials
-    shares: dict[int, float] = {}  # trial number -> its share so far, seconds
+@dataclass(kw_only=True)
+class _Slots:
+    """One ``run_pack`` call: the pack's trials in flight and what it owes each of them."""
 
-    def accrue() -> None:
+    study: optuna.Study
+    spec: StudySpec
+    pack: int
+    stop: threading.Event
+    may_start: Callable[[], bool]
+    surplus: Callable[[optuna.Trial], bool]
+    requeue: Callable[[optuna.Study, FrozenTrial, str], None]
+    on_trial: Callable[[str, FrozenTrial], None] | None
+    on_start: Callable[[optuna.Trial, dict[str, Any]], None] | None
+    #: Attempt's keywords: where the trials run and are recorded (device, checkpoint_root, ...)
+    where: dict[str, Any]
+    model_key: str = ""
+    pack_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    ready: deque[Member] = field(default_factory=deque)  # the next seed of a trial still in the pack
+    attempts: dict[int, Attempt] = field(default_factory=dict)
+    ran: int = 0
+    clock: float = field(default_factory=time.monotonic)  # when the wall time was last shared out
+    shares: dict[int, float] = field(default_factory=dict)  # trial number -> its share so far, seconds
+
+    def __post_init__(self) -> None:
+        self.model_key = self.study.user_attrs["model"]
+        self.beats = Heartbeats(self.study)
+
+    def accrue(self) -> None:
         """Split the wall time since the last call evenly among the trials in the pack now."""
-        nonlocal clock
         now = time.monotonic()
-        if attempts:
-            share = (now - clock) / len(attempts)
-            for number in attempts:
-                shares[number] = shares.get(number, 0.0) + share
-        clock = now
+        if self.attempts:
+            share = (now - self.clock) / len(self.attempts)
+            for number in self.attempts:
+                self.shares[number] = self.shares.get(number, 0.0) + share
+        self.clock = now
 
-    def member(attempt: Attempt, i: int) -> Member:
-        seed = spec.seeds[i]
+    def member(self, attempt: Attempt, i: int) -> Member:
+        seed = self.spec.seeds[i]
         run, ckpt, report, on_checkpoint = attempt.prepare(i, seed)
         refused = why_not_packable(run.model, run.task)
         if refused is not None:
@@ -119,16 +118,15 @@ def run_pack(
             tag=(attempt, i, run, ckpt, on_checkpoint),
         )
 
-    def finish(attempt: Attempt, state: TrialState | None, value: float | None = None) -> None:
+    def finish(self, attempt: Attempt, state: TrialState | None, value: float | None = None) -> None:
         """Tell the trial's ``state`` (None: another worker's janitor already ended and re-queued it)."""
-        nonlocal ran
-        trial = attempt.trial
-        beats.remove(trial._trial_id)
-        accrue()
-        attempts.pop(trial.number, None)
-        device_s = shares.pop(trial.number, 0.0)
+        study, trial = self.study, attempt.trial
+        self.beats.remove(trial._trial_id)
+        self.accrue()
+        self.attempts.pop(trial.number, None)
+        device_s = self.shares.pop(trial.number, 0.0)
         attempt.close()
-        ran += 1
+        self.ran += 1
         if state is None:
             return
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a janitor failed it just now
@@ -139,72 +137,99 @@ def run_pack(
             log.warning("%s trial %d: %s", study.study_name, trial.number, TAKEN_OVER)
             return
         if state == TrialState.FAIL and attempt.outcome == Outcome.INTERRUPTED:
-            requeue(study, frozen, attempt.reason or Outcome.INTERRUPTED.value)
-        if on_trial is not None:
-            on_trial(study.study_name, frozen)
+            self.requeue(study, frozen, attempt.reason or Outcome.INTERRUPTED.value)
+        if self.on_trial is not None:
+            self.on_trial(study.study_name, frozen)
 
-    def ended(attempt: Attempt, exc: BaseException) -> None:
+    def ended(self, attempt: Attempt, exc: BaseException) -> None:
         state = attempt.ended(exc)
         if attempt.outcome == Outcome.FAILED:
-            log.warning("trial %d of %s failed: %s", attempt.trial.number, study.study_name, exc)
-        finish(attempt, state)
+            log.warning("trial %d of %s failed: %s", attempt.trial.number, self.study.study_name, exc)
+        self.finish(attempt, state)
 
-    def refill() -> Member | None:
-        if ready:
-            return ready.popleft()
-        while not stop.is_set() and may_start():
-            trial = study.ask()
-            if surplus(trial):
+    def refill(self) -> Member | None:
+        if self.ready:
+            return self.ready.popleft()
+        while not self.stop.is_set() and self.may_start():
+            trial = self.study.ask()
+            if self.surplus(trial):
                 trial.set_user_attr("outcome", Outcome.SURPLUS.value)
-                study.tell(trial, state=TrialState.PRUNED)
+                self.study.tell(trial, state=TrialState.PRUNED)
                 continue
-            attempt = Attempt(
-                trial,
-                spec,
-                model_key,
-                device=device,
-                checkpoint_root=checkpoint_root,
-                tracker=tracker,
-                ledger=ledger,
-                worker_id=worker_id,
-                pack_id=pack_id,
-                pack_size=pack,
-            )
-            beats.add(trial._trial_id)
-            accrue()
-            attempts[trial.number] = attempt
+            attempt = Attempt(trial, self.spec, self.model_key, pack_id=self.pack_id, pack_size=self.pack, **self.where)
+            self.beats.add(trial._trial_id)
+            self.accrue()
+            self.attempts[trial.number] = attempt
             try:
                 attempt.begin()
-                if on_start is not None:
-                    on_start(trial, attempt.params)
-                return member(attempt, 0)
+                if self.on_start is not None:
+                    self.on_start(trial, attempt.params)
+                return self.member(attempt, 0)
             except Exception as exc:
-                ended(attempt, exc)
+                self.ended(attempt, exc)
         return None
 
-    def on_result(res: PackedResult) -> None:
+    def on_result(self, res: PackedResult) -> None:
         attempt, i, run, ckpt, on_checkpoint = res.member.tag
         try:
             if res.error is not None:
                 raise res.error
             if res.result.outcome == Outcome.INTERRUPTED:
                 on_checkpoint(ckpt / "last.pt")
-            attempt.seed_done(i, spec.seeds[i], run, res.result, ckpt)
+            attempt.seed_done(i, self.spec.seeds[i], run, res.result, ckpt)
         except BaseException as exc:
-            ended(attempt, exc)
+            self.ended(attempt, exc)
             return
-        if i + 1 < len(spec.seeds):
+        if i + 1 < len(self.spec.seeds):
             try:
-                ready.append(member(attempt, i + 1))
+                self.ready.append(self.member(attempt, i + 1))
             except Exception as exc:
-                ended(attempt, exc)
+                self.ended(attempt, exc)
             return
-        finish(attempt, TrialState.COMPLETE, attempt.complete())
+        self.finish(attempt, TrialState.COMPLETE, attempt.complete())
 
-    with beats:
+
+def run_pack(
+    study: optuna.Study,
+    spec: StudySpec,
+    *,
+    pack: int,
+    device: str,
+    checkpoint_root: Path,
+    stop: threading.Event,
+    may_start: Callable[[], bool],
+    surplus: Callable[[optuna.Trial], bool],
+    requeue: Callable[[optuna.Study, FrozenTrial, str], None],
+    on_trial: Callable[[str, FrozenTrial], None] | None = None,
+    on_start: Callable[[optuna.Trial, dict[str, Any]], None] | None = None,
+    tracker: Tracker | None = None,
+    ledger: Ledger | None = None,
+    worker_id: int | None = None,
+) -> int:
+    """Train trials of ``study`` in a pack of up to ``pack`` until ``may_start()`` says no more
+    and every member has left (or ``stop`` is set). Returns the number of trials that ran."""
+    slots = _Slots(
+        study=study,
+        spec=spec,
+        pack=pack,
+        stop=stop,
+        may_start=may_start,
+        surplus=surplus,
+        requeue=requeue,
+        on_trial=on_trial,
+        on_start=on_start,
+        where={
+            "device": device,
+            "checkpoint_root": checkpoint_root,
+            "tracker": tracker,
+            "ledger": ledger,
+            "worker_id": worker_id,
+        },
+    )
+    with slots.beats:
         try:
-            train_packed([], stop=stop, refill=refill, on_result=on_result, slots=pack)
+            train_packed([], stop=stop, refill=slots.refill, on_result=slots.on_result, slots=pack)
         finally:
-            for attempt in list(attempts.values()):  # stopped between seeds, or an error: none left RUNNING
-                ended(attempt, TrialInterrupted("the pack stopped before this trial finished; it resumes"))
-    return ran
+            for attempt in list(slots.attempts.values()):  # stopped between seeds, or an error: none left RUNNING
+                slots.ended(attempt, TrialInterrupted("the pack stopped before this trial finished; it resumes"))
+    return slots.ran

@@ -18,11 +18,11 @@ import time
 
 import torch
 
+from irnn_search.run import prepare_run
 from irnn_search.search.space import build_train_config, params_to_kwargs
 from irnn_search.search.validate import load_spec
 from irnn_search.service.answer import lineages, lines_for
 from irnn_search.service.report import spec_studies
-from irnn_search.service.single import prepare_run
 from irnn_search.settings import Settings
 from irnn_search.train import train
 

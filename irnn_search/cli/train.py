@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from irnn_search.service.single import Run
+    from irnn_search.run import Run
     from irnn_search.settings import Settings
     from irnn_search.train import TrainResult
 
@@ -154,7 +154,7 @@ def _execute(run: Run, *, checkpoint_dir: str | None, resume: bool, test: bool) 
     checkpoint, stop. Second Ctrl-C: abort."""
     import threading
 
-    from irnn_search.service.single import execute
+    from irnn_search.run import execute
     from irnn_search.tasks import TaskError
     from irnn_search.train import TrainError
 
@@ -307,7 +307,7 @@ def train_cmd(
 
     import torch
 
-    from irnn_search.service.single import prepare_run
+    from irnn_search.run import prepare_run
 
     # One thread unless told otherwise, as for `worker`: the small recurrent models gain nothing
     # from more, and on a busy 2-core machine two threads made a short run 3x slower.

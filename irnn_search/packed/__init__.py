@@ -16,7 +16,7 @@ Which members can be packed::
     packable("irnn")                     # family level: every family of the zoo
     why_not_packable(run.model, run.task)  # None, or a sentence for the log: train it alone
 
-Build members exactly as for ``train()`` (``irnn_search.service.single.prepare_run`` seeds and
+Build members exactly as for ``train()`` (``irnn_search.run.prepare_run`` seeds and
 initialises the model), then run them::
 
     from irnn_search.packed import Member, train_packed

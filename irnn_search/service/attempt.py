@@ -35,10 +35,10 @@ from optuna.trial import TrialState
 
 from irnn_search.checkpoint import file_digest
 from irnn_search.outcome import Outcome, seed_outcome
+from irnn_search.run import Run, prepare_run
 from irnn_search.search.space import PruneGate, build_train_config, suggest
 from irnn_search.search.spec import StudySpec, valid_name
 from irnn_search.service.preflight import EnvironmentProblem, device_problem, environmental
-from irnn_search.service.single import Run, prepare_run
 from irnn_search.service.storage import PACK_SLOTS
 from irnn_search.tracking import Tracker, TrackingError
 from irnn_search.train import TrainResult

@@ -254,7 +254,7 @@ def run_memory_problem(
     """Why one run of ``model`` on ``task`` cannot fit ``device``, before anything is allocated.
 
     None when it fits, and also when a name or an option is bad: building the run says which
-    (``service.single.prepare_run``), better than a guess here. ``keys`` as for ``memory_problem``.
+    (``irnn_search.run.prepare_run``), better than a guess here. ``keys`` as for ``memory_problem``.
     """
     from irnn_search.models import MODELS
 

@@ -166,9 +166,9 @@ def evaluate_best(study: optuna.Study) -> dict[str, Any] | None:
     checkpoint is gone.
     """
     from irnn_search.checkpoint import CheckpointError, file_digest, load_checkpoint
+    from irnn_search.run import prepare_run
     from irnn_search.search.space import build_train_config, params_to_kwargs
     from irnn_search.service.attempt import BEST_SHA256
-    from irnn_search.service.single import prepare_run
     from irnn_search.train import evaluate
 
     spec = stored_spec(study)

@@ -1,4 +1,4 @@
-"""One training run from names and options: what ``irnn-search train`` does."""
+"""One training run from names and options (torch only): what `train`, the objective and packs build."""
 
 from __future__ import annotations
 

@@ -20,15 +20,14 @@ from dataclasses import dataclass, field
 import torch
 
 from irnn_search.tasks.base import (
-    STREAM_TEST,
     STREAM_TRAIN,
-    STREAM_VAL,
     Batch,
     Split,
     Task,
     TaskConfig,
     TaskError,
     Threshold,
+    eval_chunks,
     generator,
 )
 
@@ -105,13 +104,9 @@ class AddingTask(Task):
         return Batch(x, y)
 
     def eval_batches(self, split: Split) -> Iterator[Batch]:
-        # Evaluation sets do not depend on the training seed: every trial is scored on the same data.
-        size = self.config.val_size if split == "val" else self.config.test_size
-        stream = STREAM_VAL if split == "val" else STREAM_TEST
-        chunk = 500
-        for i, start in enumerate(range(0, size, chunk)):
-            n = min(chunk, size - start)
-            x, y = adding_batch(self.config.T, n, self.config.placement, generator(0, stream, i))
+        sizes = {"val_size": self.config.val_size, "test_size": self.config.test_size}
+        for n, gen in eval_chunks(split, **sizes, chunk=500):
+            x, y = adding_batch(self.config.T, n, self.config.placement, gen)
             yield Batch(x, y)
 
     def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:

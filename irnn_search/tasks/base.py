@@ -64,6 +64,15 @@ def generator(*parts: int) -> torch.Generator:
 STREAM_TRAIN, STREAM_VAL, STREAM_TEST = 1, 2, 3
 
 
+def eval_chunks(split: Split, *, val_size: int, test_size: int, chunk: int) -> Iterator[tuple[int, torch.Generator]]:
+    """Size and generator of each evaluation batch of a generated task. The sets do not depend on
+    the training seed, so every trial is scored on the same data."""
+    size = val_size if split == "val" else test_size
+    stream = STREAM_VAL if split == "val" else STREAM_TEST
+    for i, start in enumerate(range(0, size, chunk)):
+        yield min(chunk, size - start), generator(0, stream, i)
+
+
 @dataclass(frozen=True)
 class Batch:
     """One batch. ``reset`` tells a state-carrying task's loop to start from a zero state."""

@@ -26,15 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from irnn_search.tasks.base import (
-    STREAM_TEST,
     STREAM_TRAIN,
-    STREAM_VAL,
     Batch,
     Split,
     Task,
     TaskConfig,
     TaskError,
     Threshold,
+    eval_chunks,
     generator,
 )
 
@@ -110,11 +109,9 @@ class CopyTask(Task):
         return self._batch(self.batch_size, generator(self.seed, STREAM_TRAIN, step))
 
     def eval_batches(self, split: Split) -> Iterator[Batch]:
-        size = self.config.val_size if split == "val" else self.config.test_size
-        stream = STREAM_VAL if split == "val" else STREAM_TEST
-        chunk = 250
-        for i, start in enumerate(range(0, size, chunk)):
-            yield self._batch(min(chunk, size - start), generator(0, stream, i))
+        sizes = {"val_size": self.config.val_size, "test_size": self.config.test_size}
+        for n, gen in eval_chunks(split, **sizes, chunk=250):
+            yield self._batch(n, gen)
 
     def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), batch.y.reshape(-1))

@@ -91,8 +91,7 @@ class ASRNN(RecurrentModel):
         Wf_inv_t = U_f / d[None, :]  # (D⁻¹ U_fᵀ)ᵀ = U_f D⁻¹
         R_t = Wf_inv_t @ W_hh.t() @ Wf_t  # (W_f W_hh W_f⁻¹)ᵀ
         drive = self.input_kernel(x) @ Wf_t  # W_f (W_xh x_t + b) for every step at once
-        h0 = state if state is not None else x.new_zeros(x.shape[1], self.hidden_size)
-        assert isinstance(h0, torch.Tensor)
+        h0 = self.initial_hidden(x, state)
         y = h0 @ Wf_t  # the carried state back into W_f space
         ys = []
         for dt in drive.unbind(0):

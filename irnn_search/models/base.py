@@ -96,6 +96,12 @@ class RecurrentModel(nn.Module, abc.ABC):
         self.input_size = input_size
         self.readout = nn.Linear(config.hidden_size, output_size)
 
+    def initial_hidden(self, x: torch.Tensor, state: State | None) -> torch.Tensor:
+        """The hidden state [B, H] a single-tensor recurrence starts from: ``state``, or zeros."""
+        h0 = state if state is not None else x.new_zeros(x.shape[1], self.hidden_size)
+        assert isinstance(h0, torch.Tensor)
+        return h0
+
     def reset_readout(self) -> None:
         """Embedding and decoder U(-0.1, 0.1), decoder bias 0 for token tasks (NNR, ASR)."""
         if self.embedding is not None:

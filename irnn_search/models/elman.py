@@ -75,8 +75,7 @@ class ElmanRNN(RecurrentModel):
         return self.config.impl == "fused"
 
     def recurrence(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        h0 = state if state is not None else x.new_zeros(x.shape[1], self.hidden_size)
-        assert isinstance(h0, torch.Tensor)
+        h0 = self.initial_hidden(x, state)
         if self._use_fused(x):
             hs, hT = self.rnn(x, h0.unsqueeze(0))
             return hs, hT.squeeze(0)

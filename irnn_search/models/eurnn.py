@@ -93,6 +93,5 @@ class EURNN(RecurrentModel):
         return givens_product(list(self.angles), self.hidden_size)
 
     def recurrence(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        h0 = state if state is not None else x.new_zeros(x.shape[1], self.hidden_size)
-        assert isinstance(h0, torch.Tensor)
+        h0 = self.initial_hidden(x, state)
         return recurrent_loop(x, h0, self.input_kernel.weight, self.recurrent_weight, self.nonlinearity)

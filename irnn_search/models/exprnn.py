@@ -135,8 +135,7 @@ class OrthogonalRNN(RecurrentModel):
         return self.recurrent.weight
 
     def recurrence(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        h0 = state if state is not None else x.new_zeros(x.shape[1], self.hidden_size)
-        assert isinstance(h0, torch.Tensor)
+        h0 = self.initial_hidden(x, state)
         B = self.recurrent.weight  # once per forward: the time loop reuses this tensor
         return recurrent_loop(x, h0, self.input_kernel.weight, B, self.nonlinearity)
 

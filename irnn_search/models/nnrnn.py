@@ -103,8 +103,7 @@ class NNRNN(RecurrentModel):
         return P @ (self.normal_part + self.non_normal_part) @ P.t()
 
     def recurrence(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        h0 = state if state is not None else x.new_zeros(x.shape[1], self.hidden_size)
-        assert isinstance(h0, torch.Tensor)
+        h0 = self.initial_hidden(x, state)
         rec = self.recurrent_weight  # once per forward
         # recurrent_loop computes h @ w_rec.T: pass rec.T for the reference's h @ rec.
         return recurrent_loop(x, h0, self.input_kernel.weight, rec.t(), self.nonlinearity)

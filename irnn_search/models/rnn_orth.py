@@ -73,7 +73,6 @@ class RNNOrth(RecurrentModel):
         return self.recurrent.weight
 
     def recurrence(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        h0 = state if state is not None else x.new_zeros(x.shape[1], self.hidden_size)
-        assert isinstance(h0, torch.Tensor)
+        h0 = self.initial_hidden(x, state)
         act = self.modrelu if self.modrelu is not None else torch.tanh
         return recurrent_loop(x, h0, self.input_kernel.weight, self.recurrent.weight, act, self.input_kernel.bias)

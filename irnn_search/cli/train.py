@@ -315,15 +315,10 @@ def train_cmd(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device}: no CUDA device is available here", "use --device cpu")
 
+    # What the memory check and the run are both built from.
+    what: dict[str, Any] = {"task": task, "task_options": task_options, "model": model, "model_options": model_options}
     try:
-        _refuse_unfit(
-            task=task,
-            task_options=task_options,
-            model=model,
-            model_options=model_options,
-            batch_size=batch_size,
-            device=device,
-        )
+        _refuse_unfit(**what, batch_size=batch_size, device=device)
         config = TrainConfig(
             steps=steps,
             optimizer=optimizer,
@@ -336,14 +331,7 @@ def train_cmd(
             seed=seed,
             device=device,
         )
-        run = prepare_run(
-            task=task,
-            task_options=task_options,
-            model=model,
-            model_options=model_options,
-            config=config,
-            batch_size=batch_size,
-        )
+        run = prepare_run(**what, config=config, batch_size=batch_size)
     except (TaskError, ModelError, TrainError, OptionError) as exc:
         raise _fail(str(exc)) from None
 

@@ -32,34 +32,11 @@ import optuna
 from optuna.trial import TrialState
 
 from tests.chaos_checks import Summary, check, collect, counts
+from tests.small_study import small_study
 
 log = logging.getLogger(__name__)
 
-SPEC = """
-[study]
-description = "chaos soak: a small study under faults"
-task = "adding"
-task_options = {{ T = 20, val_size = 64, test_size = 64 }}
-steps = {steps}
-report_every = {report_every}
-batch_size = 8
-seeds = [0]
-pruner = {{ name = "none" }}
-budget = {{ trials = {trials} }}
-
-[models.irnn]
-hidden_size = 8
-optimizer = "adam"
-lr = {{ low = 1e-3, high = 1e-2, log = true }}
-clip = 1
-identity_scale = {{ low = 0.1, high = 1.0 }}
-
-[models.rnn]
-hidden_size = 8
-optimizer = "adam"
-lr = {{ low = 1e-3, high = 1e-2, log = true }}
-clip = 1
-"""
+DESCRIPTION = "chaos soak: a small study under faults"
 
 #: fault kinds and their relative weights: worker faults are the common ones, server restarts rarer
 FAULTS = {"sigkill": 3.0, "sigterm": 2.0, "restart_postgres": 1.0, "restart_mlflow": 1.0}
@@ -180,7 +157,8 @@ class Soak:
         up = self.cli("db", "upgrade")
         assert up.returncode == 0, up.stdout + up.stderr
         spec = self.root / f"{self.spec_name}.toml"
-        spec.write_text(SPEC.format(steps=c.steps, report_every=c.report_every, trials=c.trials))
+        text = small_study(description=DESCRIPTION, steps=c.steps, report_every=c.report_every, trials=c.trials)
+        spec.write_text(text)
         out = self.cli("launch", str(spec), "--no-run")
         assert out.returncode == 0, out.stdout + out.stderr
         return self.study_names

@@ -27,28 +27,11 @@ from sqlalchemy import text
 
 from irnn_search.db.session import make_engine
 from irnn_search.service.recovery import released
+from tests.small_study import small_study
 
 pytestmark = pytest.mark.slow
 
-SPEC = """
-[study]
-description = "test: worker pool"
-task = "adding"
-task_options = {{ T = 20, val_size = 64, test_size = 64 }}
-steps = {steps}
-report_every = {report_every}
-batch_size = 8
-seeds = [0]
-pruner = {{ name = "none" }}
-budget = {{ trials = {trials} }}
-
-[models.irnn]
-hidden_size = 8
-optimizer = "adam"
-lr = {{ low = 1e-3, high = 1e-2, log = true }}
-clip = 1
-identity_scale = {{ low = 0.1, high = 1.0 }}
-"""
+DESCRIPTION = "test: worker pool"
 
 HEARTBEAT_S, GRACE_S = 1, 3
 
@@ -110,7 +93,7 @@ class Stack:
 
     def launch(self, name: str, *, steps: int, report_every: int, trials: int) -> optuna.Study:
         spec = self.root / f"{name}-{self.tag}.toml"
-        spec.write_text(SPEC.format(steps=steps, report_every=report_every, trials=trials))
+        spec.write_text(small_study(description=DESCRIPTION, steps=steps, report_every=report_every, trials=trials))
         out = self.cli("launch", str(spec), "--no-run")
         assert out.returncode == 0, out.stderr + out.stdout
         study = optuna.load_study(study_name=self.study(name), storage=self.storage)

@@ -141,6 +141,8 @@ class Heartbeats:
 #: Trial user attrs, per seed (the seed number appended): the SHA-256 of the ``last.pt`` files this
 #: lineage wrote, newest first (a re-queued trial inherits them), and of its ``best.pt``.
 LAST_SHA256, BEST_SHA256 = "last_sha256_seed", "best_sha256_seed"
+#: trial user attr prefix: the best validation value one training seed reached (``value_seed0``...)
+VALUE_SEED = "value_seed"
 #: how many recent ``last.pt`` digests a lineage keeps: an upload that lagged behind the newest
 #: checkpoint may still be resumed from
 KEEP_DIGESTS = 3
@@ -449,6 +451,7 @@ class Attempt:
             raise optuna.TrialPruned(f"no finite {spec.objective}" if ran_out else result.reason)
         self.values.append(value)
         trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
+        trial.set_user_attr(f"{VALUE_SEED}{seed}", float(value))  # the report's spread over seeds
 
     # -- how it ends ----------------------------------------------------------------------------
     def _record(self, outcome: Outcome, reason: str) -> None:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from irnn_search.search.literature import published_results
 from irnn_search.search.spec import SpecError, StudySpec
 from irnn_search.service.answer import TaskLines, answer, lineages, reproduce_command
+from irnn_search.service.attempt import VALUE_SEED
 from irnn_search.service.budget import Usage, usage
 from irnn_search.service.recovery import GAVE_UP
 from irnn_search.service.studies import load_studies, stored_spec, study_name
@@ -67,6 +69,9 @@ class ModelRow:
     published_settings_solved_at: int | None = None
     endings: dict[str, int] = field(default_factory=dict)
     reproduce: str | None = None  # the `irnn-search train` command that re-runs the best trial alone
+    # the best trial's value per training seed (a spec with several ``seeds``): its spread is the
+    # error bar of the best configuration
+    seed_values: dict[int, float] = field(default_factory=dict)
 
     # trials failed for good because their worker died on every attempt: {"trial": n, "reason": ...}
     gave_up: list[dict[str, Any]] = field(default_factory=list)
@@ -148,6 +153,25 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         published_settings_solved_at=a.published_solved_at,
         endings=a.endings,
         reproduce=reproduce,
+        seed_values=_seed_values(study, a.best_trial),
+    )
+
+
+def _seed_values(study: optuna.Study, number: int | None) -> dict[int, float]:
+    if number is None:
+        return {}
+    attrs = study.get_trials(deepcopy=False)[number].user_attrs
+    return {int(k.removeprefix(VALUE_SEED)): float(v) for k, v in attrs.items() if k.startswith(VALUE_SEED)}
+
+
+def _spread(values: dict[int, float]) -> str:
+    """``mean ± sd over n seeds (min–max)``; empty below two seeds."""
+    if len(values) < 2:
+        return ""
+    v = list(values.values())
+    return (
+        f"; over {len(v)} seeds: {statistics.fmean(v):.4g} ± {statistics.stdev(v):.2g} "
+        f"(sample sd; min {min(v):.4g}, max {max(v):.4g})"
     )
 
 
@@ -400,7 +424,7 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
     lines += ["", "Best hyperparameters, and the command that re-runs that trial alone:", ""]
     for r in rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
-        lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}")
+        lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}{_spread(r.seed_values)}")
         if r.reproduce:
             lines.append(f"  `{r.reproduce}`")
     gave_up = [(r.model, g) for r in rows for g in r.gave_up]

@@ -7,6 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
+import optuna
 import pytest
 
 from irnn_search.search.validate import load_spec
@@ -61,3 +62,36 @@ def test_the_cached_test_value_is_recomputed_when_the_best_trial_improved(study_
     study.set_user_attr("test_eval", stale)  # what an evaluation of an earlier best left behind
     again = evaluate_best(study)
     assert again is not None and again["metrics"] == first["metrics"] and again["step"] == first["step"]
+
+
+def test_a_configuration_trained_on_several_seeds_reports_its_spread(tmp_path: Path) -> None:
+    """``seeds = [0, 1, 2]``: the best trial's value per seed is kept, and the report gives its
+    mean, sample standard deviation and range: the error bar a comparison of models needs."""
+    import statistics
+    import threading
+
+    from irnn_search.search.validate import load_spec
+    from irnn_search.service.report import render, rows_for
+    from irnn_search.service.studies import open_studies
+    from irnn_search.service.worker import open_for_work, work
+    from tests.service.test_search import _spec
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = _spec(tmp_path, trials=1, steps=20)
+    path.write_text(
+        path.read_text().replace("batch_size = 8\n", "batch_size = 8\nseeds = [0, 1, 2]\nwarm_start = false\n")
+    )
+    spec = load_spec(path)
+    open_studies(spec, storage)
+    studies, janitor = open_for_work(storage, None, heartbeat_s=1, grace_s=3)
+    assert work(studies, checkpoint_root=tmp_path / "c", stop=threading.Event(), janitor=janitor) == 1
+
+    (row,) = rows_for(spec, storage)
+    assert sorted(row.seed_values) == [0, 1, 2]
+    (trial,) = optuna.load_study(study_name=row.study, storage=storage).trials
+    assert trial.value == pytest.approx(statistics.fmean(row.seed_values.values()))  # a trial's value: the mean
+    assert len(set(row.seed_values.values())) == 3, "the seeds trained differently"
+    md = render([row], "md", spec=spec)
+    mean, sd = statistics.fmean(row.seed_values.values()), statistics.stdev(row.seed_values.values())
+    assert f"over 3 seeds: {mean:.4g} ± {sd:.2g}" in md

@@ -157,7 +157,9 @@ class Soak:
         up = self.cli("db", "upgrade")
         assert up.returncode == 0, up.stdout + up.stderr
         spec = self.root / f"{self.spec_name}.toml"
-        text = small_study(description=DESCRIPTION, steps=c.steps, report_every=c.report_every, trials=c.trials)
+        text = small_study(
+            description=DESCRIPTION, steps=c.steps, report_every=c.report_every, trials=c.trials, rnn=True
+        )
         spec.write_text(text)
         out = self.cli("launch", str(spec), "--no-run")
         assert out.returncode == 0, out.stdout + out.stderr

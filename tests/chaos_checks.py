@@ -311,7 +311,9 @@ def check(soak: Soak, state: State) -> Summary:
 def _refused_at_start(log: str) -> bool:
     """A start-up refusal: an ``Error:`` line (and its fix) about a connection that failed."""
     lines = [line for line in log.splitlines() if line.strip()]
-    refused = re.search(r"connection refused|connection failed|could not connect|unreachable", log, re.IGNORECASE)
+    # "terminating connection ...": the server began its shutdown while the worker was connecting
+    failed = r"connection refused|connection failed|could not connect|unreachable|terminating connection"
+    refused = re.search(failed, log, re.IGNORECASE)
     return 1 <= len(lines) <= 3 and lines[0].startswith("Error: ") and refused is not None
 
 

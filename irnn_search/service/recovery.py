@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.outcome import RELEASED, Outcome
 from irnn_search.service.attempt import UNFIT
+from irnn_search.service.storage import mark_released
 from irnn_search.settings import GRACE_S
 
 if TYPE_CHECKING:
@@ -120,8 +121,6 @@ class Janitor:
         self.lost: list[tuple[str, int]] = []
 
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from irnn_search.service.storage import mark_released
-
         reason = f"lost: its worker sent no heartbeat for more than {self.grace_s:.0f} s (killed or unreachable)"
         try:  # before the re-queue: should this process die in between, the trial still reads released
             mark_released(study._storage, trial._trial_id, Outcome.LOST.value)

@@ -106,6 +106,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
     family = study.user_attrs["family"]
     u: Usage = usage(study)
     a = answer(study, spec, lines)
+    trials = study.get_trials(deepcopy=False)  # one read for what the row takes from the trials
     reproduce = None
     if a.best_trial is not None:
         try:
@@ -133,7 +134,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         published_numbers=published_numbers(spec.task, family),
         gave_up=[
             {"trial": t.number, "reason": t.user_attrs.get("reason", "")}
-            for t in study.get_trials(deepcopy=False)
+            for t in trials
             if t.state == TrialState.FAIL and t.user_attrs.get(GAVE_UP)
         ],
         test_value=_test_value(study, spec),
@@ -153,14 +154,15 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         published_settings_solved_at=a.published_solved_at,
         endings=a.endings,
         reproduce=reproduce,
-        seed_values=_seed_values(study, a.best_trial),
+        seed_values=_seed_values(trials, a.best_trial),
     )
 
 
-def _seed_values(study: optuna.Study, number: int | None) -> dict[int, float]:
+def _seed_values(trials: list[FrozenTrial], number: int | None) -> dict[int, float]:
+    """The best validation value each training seed of trial ``number`` reached."""
     if number is None:
         return {}
-    attrs = study.get_trials(deepcopy=False)[number].user_attrs
+    attrs = trials[number].user_attrs
     return {int(k.removeprefix(VALUE_SEED)): float(v) for k, v in attrs.items() if k.startswith(VALUE_SEED)}
 
 

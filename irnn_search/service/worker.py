@@ -464,9 +464,9 @@ class _Loop:
             if name in self.unfit:
                 return False
             u = usage(study)
-            if owed(study):
+            if budget_left(study, model, u) and (least is None or u.finished + u.running < least + pack):
                 return True
-            return budget_left(study, model, u) and (least is None or u.finished + u.running < least + pack)
+            return owed(study)  # read only when the budget is closed
 
         ran = run_pack(
             study,

@@ -6,16 +6,19 @@ one-at-a-time trial is (MLflow child run, our database with the pack's id and si
 the artifact store), and trained by ``irnn_search.packed.train_packed``. A member that is pruned,
 diverges, fails or finishes leaves without disturbing the others; its trial is told to Optuna at
 once and its slot goes to the next trial the budget allows. A trial with several seeds trains
-them one after another in its slot. The worker keeps every packed trial's heartbeat; a stop
+them side by side, one member per seed, as free slots allow (so a multi-seed confirmation of one
+configuration runs its seeds in one pack); the trial ends when its last seed returns, and a seed
+that ends it early (pruned, diverged, failed) stops its siblings at their next report. The worker
+keeps every packed trial's heartbeat; a stop
 (SIGTERM, Ctrl-C) checkpoints every member, and their trials are re-queued like any
 interrupted trial.
 
 Device time: each member's ``train_s`` in our database is its share of the pack's compute (one
 packed step's time divided by the members in it). For budgets, ``status`` and reports, each
 trial's Optuna user attr ``device_s`` is its share of the pack's wall time (every interval split
-evenly among the trials in the pack then), so a study's device-hours add up to the time the
-worker held the device, not K times that; ``pack_slots`` (K) lets a running trial count its wall
-time / K until then (``budget.device_seconds``).
+among the trials in the pack then, in proportion to their members in it), so a study's
+device-hours add up to the time the worker held the device, not K times that; ``pack_slots`` (K)
+lets a running trial count its wall time / K until then (``budget.device_seconds``).
 
 A study whose family or task cannot be packed (``irnn_search.packed.why_not_packable``) runs one
 trial at a time, with one log line saying why.
@@ -78,8 +81,12 @@ class _Slots:
     where: dict[str, Any]
     model_key: str = ""
     pack_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    ready: deque[Member] = field(default_factory=deque)  # the next seed of a trial still in the pack
+    #: seeds waiting for a slot: (the trial's attempt, the seed's index in ``spec.seeds``)
+    ready: deque[tuple[Attempt, int]] = field(default_factory=deque)
     attempts: dict[int, Attempt] = field(default_factory=dict)
+    running: dict[int, int] = field(default_factory=dict)  # trial number -> its members in the pack now
+    left: dict[int, int] = field(default_factory=dict)  # trial number -> its seeds not returned yet
+    failure: dict[int, BaseException] = field(default_factory=dict)  # the first seed that ended a trial
     ran: int = 0
     clock: float = field(default_factory=time.monotonic)  # when the wall time was last shared out
     shares: dict[int, float] = field(default_factory=dict)  # trial number -> its share so far, seconds
@@ -89,12 +96,13 @@ class _Slots:
         self.beats = Heartbeats(self.study)
 
     def accrue(self) -> None:
-        """Split the wall time since the last call evenly among the trials in the pack now."""
+        """Split the wall time since the last call among the trials in the pack now, in proportion
+        to their members in it (a trial between seeds counts one)."""
         now = time.monotonic()
-        if self.attempts:
-            share = (now - self.clock) / len(self.attempts)
-            for number in self.attempts:
-                self.shares[number] = self.shares.get(number, 0.0) + share
+        weights = {number: max(1, self.running.get(number, 0)) for number in self.attempts}
+        total = sum(weights.values())
+        for number, weight in weights.items():
+            self.shares[number] = self.shares.get(number, 0.0) + (now - self.clock) * weight / total
         self.clock = now
 
     def member(self, attempt: Attempt, i: int) -> Member:
@@ -103,9 +111,12 @@ class _Slots:
         refused = why_not_packable(run.model, run.task)
         if refused is not None:
             raise optuna.exceptions.OptunaError(f"cannot pack this trial: {refused}")
+        number = attempt.trial.number
 
         def report_and_upload(step: int, metrics: dict[str, float]) -> bool:
             on_checkpoint(ckpt / "last.pt")  # the pack saved it just before reporting, as train() does
+            if number in self.failure:  # a sibling seed ended the trial: stop here
+                return True
             return report(step, metrics)
 
         return Member(
@@ -114,7 +125,7 @@ class _Slots:
             run.config,
             report=report_and_upload,
             checkpoint_dir=ckpt,
-            name=f"trial {attempt.trial.number} seed {seed}",
+            name=f"trial {number} seed {seed}",
             tag=(attempt, i, run, ckpt, on_checkpoint),
         )
 
@@ -124,6 +135,8 @@ class _Slots:
         self.beats.remove(trial._trial_id)
         self.accrue()
         self.attempts.pop(trial.number, None)
+        for book in (self.running, self.left, self.failure):
+            book.pop(trial.number, None)
         device_s = self.shares.pop(trial.number, 0.0)
         attempt.close()
         self.ran += 1
@@ -147,9 +160,44 @@ class _Slots:
             log.warning("trial %d of %s failed: %s", attempt.trial.number, self.study.study_name, exc)
         self.finish(attempt, state)
 
+    def seed_failed(self, attempt: Attempt, exc: BaseException) -> None:
+        """A seed ended its trial: keep the first reason, and drop the seeds still waiting for a slot
+        (the ones in the pack stop at their next report)."""
+        number = attempt.trial.number
+        self.failure.setdefault(number, exc)
+        waiting = [item for item in self.ready if item[0] is attempt]
+        for item in waiting:
+            self.ready.remove(item)
+        self.left[number] -= len(waiting)
+
+    def returned(self, attempt: Attempt) -> None:
+        """One of the trial's seeds is done; the last one ends the trial."""
+        number = attempt.trial.number
+        self.left[number] -= 1
+        if self.left[number] > 0:
+            return
+        if number in self.failure:
+            self.ended(attempt, self.failure[number])
+        else:
+            self.finish(attempt, TrialState.COMPLETE, attempt.complete())
+
+    def start(self, attempt: Attempt, i: int) -> Member | None:
+        """The member of the trial's ``i``-th seed, now in the pack (None: it could not start)."""
+        try:
+            member = self.member(attempt, i)
+        except Exception as exc:
+            self.seed_failed(attempt, exc)
+            self.returned(attempt)
+            return None
+        self.accrue()
+        self.running[attempt.trial.number] = self.running.get(attempt.trial.number, 0) + 1
+        return member
+
     def refill(self) -> Member | None:
-        if self.ready:
-            return self.ready.popleft()
+        while self.ready:  # the seeds of trials already in the pack come first
+            member = self.start(*self.ready.popleft())
+            if member is not None:
+                return member
         while not self.stop.is_set() and self.may_start():
             trial = self.study.ask()
             if self.surplus(trial):
@@ -164,29 +212,31 @@ class _Slots:
                 attempt.begin()
                 if self.on_start is not None:
                     self.on_start(trial, attempt.params)
-                return self.member(attempt, 0)
             except Exception as exc:
                 self.ended(attempt, exc)
+                continue
+            self.left[trial.number] = len(self.spec.seeds)
+            self.ready.extend((attempt, i) for i in range(1, len(self.spec.seeds)))
+            member = self.start(attempt, 0)
+            if member is not None:
+                return member
         return None
 
     def on_result(self, res: PackedResult) -> None:
         attempt, i, run, ckpt, on_checkpoint = res.member.tag
+        number = attempt.trial.number
+        self.accrue()
+        self.running[number] -= 1
         try:
             if res.error is not None:
                 raise res.error
             if res.result.outcome == Outcome.INTERRUPTED:
-                on_checkpoint(ckpt / "last.pt")
-            attempt.seed_done(i, self.spec.seeds[i], run, res.result, ckpt)
+                on_checkpoint(ckpt / "last.pt")  # every seed's newest checkpoint, for the resume
+            if number not in self.failure:  # else a sibling ended the trial: this seed only stopped
+                attempt.seed_done(i, self.spec.seeds[i], run, res.result, ckpt)
         except BaseException as exc:
-            self.ended(attempt, exc)
-            return
-        if i + 1 < len(self.spec.seeds):
-            try:
-                self.ready.append(self.member(attempt, i + 1))
-            except Exception as exc:
-                self.ended(attempt, exc)
-            return
-        self.finish(attempt, TrialState.COMPLETE, attempt.complete())
+            self.seed_failed(attempt, exc)
+        self.returned(attempt)
 
 
 def run_pack(
@@ -230,6 +280,7 @@ def run_pack(
         try:
             train_packed([], stop=stop, refill=slots.refill, on_result=slots.on_result, slots=pack)
         finally:
-            for attempt in list(slots.attempts.values()):  # stopped between seeds, or an error: none left RUNNING
-                slots.ended(attempt, TrialInterrupted("the pack stopped before this trial finished; it resumes"))
+            for attempt in list(slots.attempts.values()):  # stopped with seeds waiting, or an error: none left RUNNING
+                stopped = TrialInterrupted("the pack stopped before this trial finished; it resumes")
+                slots.ended(attempt, slots.failure.get(attempt.trial.number, stopped))
     return slots.ran

@@ -202,9 +202,9 @@ def importances(spec: StudySpec, studies: dict[str, optuna.Study], path: Path) -
     return path
 
 
-def published_points(spec: StudySpec, row: ModelRow) -> list[float]:
-    """The row's published numbers in the objective's units, for the task's size where they give
-    one (a number for T = 400 is no mark for a study at T = 100)."""
+def published_points(spec: StudySpec, numbers: list[dict[str, Any]]) -> list[float]:
+    """Published numbers (``ModelRow.published_numbers``) in the objective's units, for the task's
+    size where they give one (a number for T = 400 is no mark for a study at T = 100)."""
     metric = spec.objective.removeprefix("val_")
     try:
         size_key = task_class(spec.task).size_option
@@ -213,7 +213,7 @@ def published_points(spec: StudySpec, row: ModelRow) -> list[float]:
     size = spec.task_options.get(size_key) if size_key else None
     return [
         float(n["value"]) / 100.0 if n["units"] == PERCENT else float(n["value"])
-        for n in row.published_numbers
+        for n in numbers
         if n["metric"] == metric and n.get("size", size) == size
     ]
 
@@ -245,7 +245,7 @@ def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: P
         if r.seed_mean is not None and r.seed_sd is not None:
             ax.errorbar([i], [r.seed_mean], yerr=r.seed_sd, fmt="_", ms=18, mew=2, color="black", capsize=7,
                         elinewidth=1.2, label=once("mean ± sample sd"))  # fmt: skip
-        pub = published_points(spec, r)
+        pub = published_points(spec, r.published_numbers)
         if pub:
             ax.scatter([i + 0.25] * len(pub), pub, marker="D", s=36, facecolors="none", edgecolors="tab:red",
                        label=once("published number (their protocol)"))  # fmt: skip

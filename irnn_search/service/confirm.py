@@ -187,7 +187,10 @@ def derive(
     """
     if seeds < MIN_SEEDS:
         raise ConfirmError(f"--seeds must be at least {MIN_SEEDS} (a spread needs two values); got {seeds}")
-    specs = {k: stored_spec(s) for k, s in studies.items()}
+    try:
+        specs = {k: stored_spec(s) for k, s in studies.items()}
+    except (SearchError, SpecError) as exc:
+        raise ConfirmError(f"{exc}; confirm reads the spec a search stored, so relaunch it with this version") from None
     source = next(iter(specs.values()))
     name = source.name + SUFFIX
     new_seeds = fresh_seeds(source.seeds, seeds)

@@ -7,7 +7,7 @@ One module per command group; importing each registers its commands on ``app``, 
 ``--help`` lists them.
 """
 
-from irnn_search.cli import train, launch, report, status, worker, dashboard, db, listings  # noqa: F401, I001
+from irnn_search.cli import train, launch, report, confirm, status, worker, dashboard, db, listings  # noqa: F401, I001
 from irnn_search.cli.app import EXIT_DIVERGED, EXIT_INTERRUPTED, app
 from irnn_search.dev.cli import servers_app
 

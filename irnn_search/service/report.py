@@ -72,6 +72,9 @@ class ModelRow:
     # the best trial's value per training seed (a spec with several ``seeds``): its spread is the
     # error bar of the best configuration
     seed_values: dict[int, float] = field(default_factory=dict)
+    seed_mean: float | None = None  # their mean (None without seed values)
+    seed_sd: float | None = None  # their sample standard deviation (None below two seeds)
+    seeds_solved: int | None = None  # how many of them are below the threshold (None without one)
 
     # trials failed for good because their worker died on every attempt: {"trial": n, "reason": ...}
     gave_up: list[dict[str, Any]] = field(default_factory=list)
@@ -107,6 +110,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
     u: Usage = usage(study)
     a = answer(study, spec, lines)
     trials = study.get_trials(deepcopy=False)  # one read for what the row takes from the trials
+    seed_values = _seed_values(trials, a.best_trial)
     reproduce = None
     if a.best_trial is not None:
         try:
@@ -154,16 +158,28 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         published_settings_solved_at=a.published_solved_at,
         endings=a.endings,
         reproduce=reproduce,
-        seed_values=_seed_values(trials, a.best_trial),
+        seed_values=seed_values,
+        seed_mean=statistics.fmean(seed_values.values()) if seed_values else None,
+        seed_sd=statistics.stdev(seed_values.values()) if len(seed_values) >= 2 else None,
+        seeds_solved=(
+            sum(v < a.threshold for v in seed_values.values()) if a.threshold is not None and seed_values else None
+        ),
     )
 
 
 def _seed_values(trials: list[FrozenTrial], number: int | None) -> dict[int, float]:
-    """The best validation value each training seed of trial ``number`` reached."""
+    """The best validation value each training seed of lineage ``number`` reached, read from all
+    its attempts: a re-queued attempt inherits the seeds finished before it and adds the rest, so
+    the lineage's first trial alone can miss seeds."""
     if number is None:
         return {}
-    attrs = trials[number].user_attrs
-    return {int(k.removeprefix(VALUE_SEED)): float(v) for k, v in attrs.items() if k.startswith(VALUE_SEED)}
+    (lin,) = [lin for lin in lineages(trials) if lin.number == number]
+    by_number = {t.number: t for t in trials}
+    out: dict[int, float] = {}
+    for n in lin.trials:
+        attrs = by_number[n].user_attrs
+        out.update({int(k.removeprefix(VALUE_SEED)): float(v) for k, v in attrs.items() if k.startswith(VALUE_SEED)})
+    return dict(sorted(out.items()))
 
 
 def _spread(values: dict[int, float]) -> str:
@@ -365,6 +381,13 @@ def _verdict(rows: list[ModelRow]) -> list[str]:
         unsolved = [r for r in rows if not r.solved]
         if unsolved:
             out.append("**Not solved**: " + ", ".join(f"{r.model} ({_why_not(r)})" for r in unsolved) + ".")
+    spread = [r for r in rows if len(r.seed_values) >= 2]
+    if spread:
+        out.append(
+            "**Across seeds** (each model's best configuration, at each of its training seeds): "
+            + "; ".join(_seed_verdict(r) for r in spread)
+            + "."
+        )
     if r0.baseline is not None and r0.direction == "minimize":
         far = [r for r in rows if r.times_below_baseline is not None and r.times_below_baseline >= 10]
         if far:
@@ -377,6 +400,23 @@ def _verdict(rows: list[ModelRow]) -> list[str]:
         else:
             out.append(f"No model ended 10x below the memoryless baseline ({r0.baseline:.4g}).")
     return out
+
+
+def metric_words(objective: str) -> str:
+    """``val_mse`` -> "val MSE": the objective as a sentence says it (acronyms capitalised)."""
+    split, metric = objective.partition("_")[0::2]
+    if not metric:
+        return objective
+    return f"{split} {metric.upper() if len(metric) <= 3 else metric.replace('_', ' ')}"
+
+
+def _seed_verdict(r: ModelRow) -> str:
+    """``irnn solved in 4 of 5 seeds, val MSE 0.00012 ± 3e-05 (mean ± sample sd)``."""
+    n = len(r.seed_values)
+    value = f"{metric_words(r.objective)} {r.seed_mean:.3g} ± {r.seed_sd:.2g} (mean ± sample sd)"
+    if r.seeds_solved is not None:
+        return f"{r.model} solved in {r.seeds_solved} of {n} seeds, {value}"
+    return f"{r.model} {value} over {n} seeds"
 
 
 def _why_not(r: ModelRow) -> str:

@@ -1,7 +1,8 @@
 """The report's plots: best so far against compute, each model's best learning curve (with the
 published-settings trial beside it), where each model works (the validation metric against the
-learning rate), and hyperparameter importances. The memoryless baseline and the solve threshold
-are drawn wherever the metric is on an axis."""
+learning rate), hyperparameter importances, and, for a study with several training seeds, each
+model's best configuration at every seed. The memoryless baseline and the solve threshold are
+drawn wherever the metric is on an axis."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 import optuna
 
 from irnn_search.outcome import Outcome
+from irnn_search.search.literature import PERCENT
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.answer import TaskLines, better, lineages, task_lines, top_lineage
-from irnn_search.service.report import spec_studies
+from irnn_search.service.report import ModelRow, model_row, spec_studies
+from irnn_search.tasks import TaskError, task_class
 
 #: how each lineage ending is drawn on the landscape plots
 MARKERS: dict[str, str] = {
@@ -199,6 +202,63 @@ def importances(spec: StudySpec, studies: dict[str, optuna.Study], path: Path) -
     return path
 
 
+def published_points(spec: StudySpec, numbers: list[dict[str, Any]]) -> list[float]:
+    """Published numbers (``ModelRow.published_numbers``) in the objective's units, for the task's
+    size where they give one (a number for T = 400 is no mark for a study at T = 100)."""
+    metric = spec.objective.removeprefix("val_")
+    try:
+        size_key = task_class(spec.task).size_option
+    except TaskError:
+        size_key = None
+    size = spec.task_options.get(size_key) if size_key else None
+    return [
+        float(n["value"]) / 100.0 if n["units"] == PERCENT else float(n["value"])
+        for n in numbers
+        if n["metric"] == metric and n.get("size", size) == size
+    ]
+
+
+def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: Path) -> Path | None:
+    """Each model's best configuration at each of its training seeds: a dot per seed, the mean
+    with a ± sample sd bar, the published number (their protocol) as an open diamond. None unless
+    some model has two seed values or more."""
+    import matplotlib.pyplot as plt
+
+    cols = [r for r in rows if r.seed_values]
+    if not any(len(r.seed_values) >= 2 for r in cols):
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(cols) + 2.5), 4.2), constrained_layout=True)
+    ys_all: list[float] = []
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:  # each legend entry once, not once per model
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
+    for i, r in enumerate(cols):
+        ys = list(r.seed_values.values())
+        # the seeds side by side left of the mean's bar, the published number right of it
+        xs = [i - 0.32 + 0.2 * j / max(1, len(ys) - 1) for j in range(len(ys))]
+        ax.scatter(xs, ys, color=f"C{i}", s=20, alpha=0.85, label=once("one seed"))
+        if r.seed_mean is not None and r.seed_sd is not None:
+            ax.errorbar([i], [r.seed_mean], yerr=r.seed_sd, fmt="_", ms=18, mew=2, color="black", capsize=7,
+                        elinewidth=1.2, label=once("mean ± sample sd"))  # fmt: skip
+        pub = published_points(spec, r.published_numbers)
+        if pub:
+            ax.scatter([i + 0.25] * len(pub), pub, marker="D", s=36, facecolors="none", edgecolors="tab:red",
+                       label=once("published number (their protocol)"))  # fmt: skip
+        ys_all += ys + pub
+    ax.set_xticks(range(len(cols)), [f"{r.model}\n({len(r.seed_values)} seeds)" for r in cols])
+    ax.set_xlim(-0.6, len(cols) - 0.4)
+    _lines(ax, lines)
+    _log_y(ax, ys_all + [v for v in (lines.baseline, lines.threshold) if v is not None], spec)
+    ax.set_ylabel(f"best {spec.objective} per seed")
+    ax.set_title(f"{spec.name}: each model's best configuration at each training seed", fontsize=9)
+    return _finish(fig, ax, path)
+
+
 def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
     """Write the report's plots into ``out_dir``; returns the files written."""
     import matplotlib
@@ -212,5 +272,6 @@ def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
         learning_curves(spec, studies, lines, out_dir / "best_learning_curves.png"),
         landscapes(spec, studies, lines, out_dir / "landscape.png"),
         importances(spec, studies, out_dir / "importances.png"),
+        seed_spread(spec, [model_row(s, lines) for s in studies.values()], lines, out_dir / "seeds.png"),
     ]
     return [p for p in written if p is not None]

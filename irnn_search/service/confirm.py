@@ -71,7 +71,7 @@ class Derived:
 
     @property
     def launch(self) -> str:
-        return f"irnn-search launch {self.path} --workers 1"
+        return f"irnn-search launch {self.path} --workers 1 --pack {len(self.seeds)}"
 
     @property
     def report(self) -> str:
@@ -225,8 +225,8 @@ def _header(d: Derived, source: StudySpec, now: datetime, command: str) -> str:
     lines += [f"  {p.model}: trial {p.trial}, {source.objective} {p.value:.6g}" for p in d.picks]
     lines += [f"  {k}: skipped, {why}" for k, why in d.skipped.items()]
     lines += [
-        "Each model is one trial whose seeds run in turn, so --pack does not help; --workers up to the",
-        "number of models runs them side by side.",
+        f"Each model is one trial; with --pack {len(d.seeds)} its {len(d.seeds)} seeds train side by side in one pack",
+        "(--workers up to the number of models runs the models side by side too).",
         f"Launch: {d.launch}",
         f"Report: {d.report}",
     ]

@@ -107,7 +107,7 @@ def test_the_derived_spec_reruns_each_models_best_trial_exactly_at_fresh_seeds(
         # the header names where each model's configuration comes from, and what to run next
         assert f"#   {key}: trial {best.best_trial}, val_mse {best.best_value:.6g}" in text
         assert f"{key}: trial {best.best_trial}, value {best.best_value:.6g}" in result.output
-    for line in (f"irnn-search launch {out} --workers 1", f"irnn-search report {out}"):
+    for line in (f"irnn-search launch {out} --workers 1 --pack 3", f"irnn-search report {out}"):
         assert f"# Launch: {line}" in text or f"# Report: {line}" in text
         assert f"  {line}\n" in result.output
 
@@ -249,7 +249,10 @@ def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_see
     derived = load_spec(out)
     studies = open_studies(derived, Settings(home=home).storage_url)
     assert (
-        work({s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "c", stop=threading.Event()) == 2
+        work(  # as its launch line says: the seeds side by side in one pack
+            {s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=2
+        )
+        == 2
     )
 
     plots = tmp_path / "plots"

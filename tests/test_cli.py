@@ -348,3 +348,17 @@ def test_a_state_folder_that_cannot_be_created_or_written_is_one_line_exit_2(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "IRNN_SEARCH_HOME" in lines[0] and str(path) in lines[0], result.output
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing half-written
+
+
+def test_report_on_a_home_with_no_store_is_one_line_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "nowhere"
+    monkeypatch.setenv("IRNN_SEARCH_HOME", str(home))
+    for var in ("STORAGE", "DB", "MLFLOW_URI"):
+        monkeypatch.delenv(f"IRNN_SEARCH_{var}", raising=False)
+    result = runner.invoke(app, ["report", "adding-smoke"])
+    assert result.exit_code == 2, result.output
+    assert "no study store at" in result.output and "Traceback" not in result.output
+    assert "irnn-search launch adding-smoke" in result.output
+    assert not (home / "optuna.db").exists(), "reading a report made no empty store"

@@ -45,12 +45,14 @@ def report_cmd(
     ] = "studies",
 ) -> None:
     """Best per model vs the published settings and numbers, compute used, and plots."""
-    from irnn_search.service.studies import SearchError
+    from irnn_search.service.studies import SearchError, missing_store
 
     if fmt not in ("md", "json", "csv"):
         raise _fail(f"--format must be md, json or csv; got {fmt!r}")
     settings = _settings()
     spec = _load_spec(spec_name, studies_dir)
+    if (why := missing_store(settings.storage_url)) is not None:
+        raise _fail(why, f"launch it first (irnn-search launch {spec_name}), or set IRNN_SEARCH_HOME to its home")
     try:
         _report(spec, settings, fmt, out)
     except SearchError as exc:

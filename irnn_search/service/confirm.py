@@ -34,7 +34,7 @@ from irnn_search.search.spec import CLIP_OFF, Fixed, ModelSpec, SpecError, Study
 from irnn_search.search.toml_writer import dumps
 from irnn_search.search.validate import parse_spec
 from irnn_search.service.answer import TaskLines, answer, reproduce_command
-from irnn_search.service.studies import SearchError, load_studies, stored_spec, study_name
+from irnn_search.service.studies import SearchError, load_studies, missing_store, stored_spec, study_name
 
 SUFFIX = "-confirm"
 MIN_SEEDS = 2  # a spread needs two values
@@ -148,13 +148,11 @@ def check_store(storage_url: str) -> None:
     Raises:
         ConfirmError: the SQLite file of ``storage_url`` is missing.
     """
-    if storage_url.startswith("sqlite:///"):
-        path = Path(storage_url.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise ConfirmError(
-                f"no study store at {path}: launch the search first (irnn-search launch SPEC), or set "
-                "IRNN_SEARCH_HOME (or IRNN_SEARCH_STORAGE) to the store it ran on"
-            )
+    if (why := missing_store(storage_url)) is not None:
+        raise ConfirmError(
+            f"{why}: launch the search first (irnn-search launch SPEC), or set "
+            "IRNN_SEARCH_HOME (or IRNN_SEARCH_STORAGE) to the store it ran on"
+        )
 
 
 def studies_of(spec: StudySpec, storage_url: str, models: list[str]) -> dict[str, optuna.Study]:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,16 @@ log = logging.getLogger(__name__)
 
 class SearchError(RuntimeError):
     """The search cannot proceed (e.g. a study exists with another spec)."""
+
+
+def missing_store(storage_url: str) -> str | None:
+    """Why the studies of ``storage_url`` cannot be read (None: they may be). An embedded store
+    whose file does not exist is missing: opening it would create an empty one, not read a search."""
+    if storage_url.startswith("sqlite:///"):
+        path = storage_url.removeprefix("sqlite:///")
+        if not os.path.isfile(path):
+            return f"no study store at {path}"
+    return None
 
 
 def study_name(spec_name: str, model: str) -> str:

@@ -5,8 +5,8 @@ is optimistic (the winner's curse): some of its margin is the luck of that seed.
 compare recurrent models re-run each model's chosen configuration at several seeds and report
 mean ± sd. The derived spec does that with the machinery a search already has: per model one
 trial whose every hyperparameter is fixed at the best trial's value, trained at N seeds the
-search never used (a trial trains each seed in turn; its value is their mean and each seed's
-value is kept, ``service.attempt.VALUE_SEED``), with no pruning (every seed runs to the end) and
+search never used (a packed worker trains the seeds side by side, one at a time otherwise; the
+trial's value is their mean and each seed's value is kept, ``service.attempt.VALUE_SEED``), with no pruning (every seed runs to the end) and
 no published settings enqueued. Its report then gives mean ± sample sd per model.
 
 The derived spec copies the task, its options, steps, report interval, batch size, objective and

@@ -8,11 +8,13 @@ an ``Attempt``, so a trial is recorded the same way however it was trained:
 - ``prepare(i, seed)``: the run of one seed, its checkpoint folder (fetched from the artifact
   store when this machine has none), and its report / checkpoint hooks (metrics to MLflow,
   intermediate values and pruning to Optuna, ``last.pt`` to the artifact store);
-- ``seed_done``: the seed's result, raising ``optuna.TrialPruned`` (diverged) or
-  ``TrialInterrupted`` as the trial's outcome;
-- ``complete`` (its value) or ``ended`` (what the training raised, read by ``classify``), then
-  ``close``: the MLflow run ends with the status its outcome maps to and our database records
-  the outcome. ``close`` runs whatever happened, so no MLflow run outlives its attempt.
+- ``seed_done``: the seed's result, raising ``optuna.TrialPruned`` (diverged, a one-seed trial)
+  or ``TrialInterrupted`` as the trial's outcome; one seed of several that diverges is recorded
+  and the others go on;
+- ``complete`` (its value: the mean over the seeds that reached one; diverged when none did) or
+  ``ended`` (what the training raised, read by ``classify``), then ``close``: the MLflow run ends
+  with the status its outcome maps to and our database records the outcome. ``close`` runs
+  whatever happened, so no MLflow run outlives its attempt.
 
 If MLflow is unreachable when the attempt begins, training goes on; the run is created as soon as
 MLflow answers and the metrics reported meanwhile are sent then.
@@ -143,6 +145,9 @@ class Heartbeats:
 LAST_SHA256, BEST_SHA256 = "last_sha256_seed", "best_sha256_seed"
 #: trial user attr prefix: the best validation value one training seed reached (``value_seed0``...)
 VALUE_SEED = "value_seed"
+#: trial user attr prefix: why one training seed of several diverged (``diverged_seed3``); the
+#: trial goes on with its other seeds
+DIVERGED_SEED = "diverged_seed"
 #: how many recent ``last.pt`` digests a lineage keeps: an upload that lagged behind the newest
 #: checkpoint may still be resumed from
 KEEP_DIGESTS = 3
@@ -205,7 +210,8 @@ class Attempt:
         self.run_id: str | None = None
         self.ledger_id: int | None = None
         self.last: TrainResult | None = None
-        self.values: list[float] = []
+        self.values: list[float] = []  # the best value of each seed that reached one
+        self.diverged: dict[int, str] = {}  # seed -> why it diverged (a trial of several seeds goes on)
         self.value: float | None = None
         self.outcome, self.reason = Outcome.FAILED, ""
         self.started = time.perf_counter()
@@ -418,8 +424,8 @@ class Attempt:
             time.sleep(min(FETCH_RETRY_S, max(0.0, deadline - time.monotonic())))
 
     def seed_done(self, i: int, seed: int, run: Run, result: TrainResult, ckpt: Path) -> None:
-        """Record one seed's result. Raises ``optuna.TrialPruned`` (diverged) or
-        ``TrialInterrupted`` when the trial ends here."""
+        """Record one seed's result. Raises ``optuna.TrialPruned`` (diverged, when it is the trial's
+        only seed) or ``TrialInterrupted`` when the trial ends here."""
         trial, spec = self.trial, self.spec
         self.last = result
         if result.resumed_from is not None:
@@ -447,8 +453,15 @@ class Attempt:
             raise TrialInterrupted(result.reason)
         if outcome == Outcome.DIVERGED or value is None:  # (None is DIVERGED: seed_outcome)
             ran_out = result.outcome != Outcome.DIVERGED  # it ran to its end without a finite objective
-            self._record(Outcome.DIVERGED, f"no finite {spec.objective} was reached" if ran_out else result.reason)
-            raise optuna.TrialPruned(f"no finite {spec.objective}" if ran_out else result.reason)
+            reason = f"no finite {spec.objective} was reached" if ran_out else result.reason
+            if len(spec.seeds) == 1:
+                self._record(Outcome.DIVERGED, reason)
+                raise optuna.TrialPruned(f"no finite {spec.objective}" if ran_out else result.reason)
+            # One seed of several: a count, not the configuration's end (the others still run), so
+            # that "diverged in 1 of 5 seeds" is what the report can say; all diverged ends it.
+            self.diverged[seed] = reason
+            trial.set_user_attr(f"{DIVERGED_SEED}{seed}", reason)
+            return
         self.values.append(value)
         trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
         trial.set_user_attr(f"{VALUE_SEED}{seed}", float(value))  # the report's spread over seeds
@@ -460,6 +473,12 @@ class Attempt:
         self.trial.set_user_attr("reason", reason)
 
     def complete(self) -> float:
+        """The trial's value: the mean over its seeds that reached one. Raises ``optuna.TrialPruned``
+        (diverged) when every seed diverged."""
+        if not self.values:
+            reason = "every seed diverged: " + "; ".join(f"seed {s}: {r}" for s, r in sorted(self.diverged.items()))
+            self._record(Outcome.DIVERGED, reason)
+            raise optuna.TrialPruned(reason)
         self.trial.set_user_attr("outcome", Outcome.COMPLETE.value)
         self.outcome = Outcome.COMPLETE
         self.value = statistics.fmean(self.values)

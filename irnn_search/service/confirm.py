@@ -6,7 +6,8 @@ compare recurrent models re-run each model's chosen configuration at several see
 mean ± sd. The derived spec does that with the machinery a search already has: per model one
 trial whose every hyperparameter is fixed at the best trial's value, trained at N seeds the
 search never used (a packed worker trains the seeds side by side, one at a time otherwise; the
-trial's value is their mean and each seed's value is kept, ``service.attempt.VALUE_SEED``), with no pruning (every seed runs to the end) and
+trial's value is their mean and each seed's value is kept, ``service.attempt.VALUE_SEED``; a seed
+that diverges is counted, not the trial's end), with no pruning (every seed runs to the end) and
 no published settings enqueued. Its report then gives mean ± sample sd per model.
 
 The derived spec copies the task, its options, steps, report interval, batch size, objective and
@@ -30,7 +31,7 @@ from typing import Any
 import optuna
 
 from irnn_search.search.space import is_active
-from irnn_search.search.spec import CLIP_OFF, Fixed, ModelSpec, SpecError, StudySpec, thaw
+from irnn_search.search.spec import CLIP_OFF, Fixed, ModelSpec, SpecError, StudySpec, thaw, valid_name
 from irnn_search.search.toml_writer import dumps
 from irnn_search.search.validate import parse_spec
 from irnn_search.service.answer import TaskLines, answer, reproduce_command
@@ -190,7 +191,9 @@ def derive(
     except (SearchError, SpecError) as exc:
         raise ConfirmError(f"{exc}; confirm reads the spec a search stored, so relaunch it with this version") from None
     source = next(iter(specs.values()))
-    name = source.name + SUFFIX
+    name = Path(out).stem  # as for any spec file, its name is its stem: "<search>-confirm" by default
+    if not valid_name(name):
+        raise ConfirmError(f"the spec's name would be {name!r}, not a valid study name: name the file like <name>.toml")
     new_seeds = fresh_seeds(source.seeds, seeds)
     picks, skipped = [], {}
     for key, study in studies.items():

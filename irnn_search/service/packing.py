@@ -8,7 +8,8 @@ diverges, fails or finishes leaves without disturbing the others; its trial is t
 once and its slot goes to the next trial the budget allows. A trial with several seeds trains
 them side by side, one member per seed, as free slots allow (so a multi-seed confirmation of one
 configuration runs its seeds in one pack); the trial ends when its last seed returns, and a seed
-that ends it early (pruned, diverged, failed) stops its siblings at their next report. The worker
+that ends it early (pruned, failed, interrupted) stops its siblings at their next report. A seed
+that diverges ends only itself (``Attempt.seed_done``). The worker
 keeps every packed trial's heartbeat; a stop
 (SIGTERM, Ctrl-C) checkpoints every member, and their trials are re-queued like any
 interrupted trial.
@@ -178,8 +179,13 @@ class _Slots:
             return
         if number in self.failure:
             self.ended(attempt, self.failure[number])
-        else:
-            self.finish(attempt, TrialState.COMPLETE, attempt.complete())
+            return
+        try:
+            value = attempt.complete()
+        except BaseException as exc:  # every seed diverged
+            self.ended(attempt, exc)
+            return
+        self.finish(attempt, TrialState.COMPLETE, value)
 
     def start(self, attempt: Attempt, i: int) -> Member | None:
         """The member of the trial's ``i``-th seed, now in the pack (None: it could not start)."""

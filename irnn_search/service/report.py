@@ -18,8 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.search.literature import published_results
 from irnn_search.search.spec import SpecError, StudySpec
-from irnn_search.service.answer import TaskLines, answer, lineages, reproduce_command
-from irnn_search.service.attempt import VALUE_SEED
+from irnn_search.service.answer import Lineage, TaskLines, answer, lineages, reproduce_command
+from irnn_search.service.attempt import DIVERGED_SEED, VALUE_SEED
 from irnn_search.service.budget import Usage, usage
 from irnn_search.service.recovery import GAVE_UP
 from irnn_search.service.studies import load_studies, stored_spec, study_name
@@ -75,6 +75,7 @@ class ModelRow:
     seed_mean: float | None = None  # their mean (None without seed values)
     seed_sd: float | None = None  # their sample standard deviation (None below two seeds)
     seeds_solved: int | None = None  # how many of them are below the threshold (None without one)
+    seeds_diverged: dict[int, str] = field(default_factory=dict)  # seed -> why it diverged (no value)
 
     # trials failed for good because their worker died on every attempt: {"trial": n, "reason": ...}
     gave_up: list[dict[str, Any]] = field(default_factory=list)
@@ -110,7 +111,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
     u: Usage = usage(study)
     a = answer(study, spec, lines)
     trials = study.get_trials(deepcopy=False)  # one read for what the row takes from the trials
-    seed_values = _seed_values(trials, a.best_trial)
+    seed_values, seeds_diverged = _seeds(trials, a.best_trial)
     reproduce = None
     if a.best_trial is not None:
         try:
@@ -159,6 +160,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         endings=a.endings,
         reproduce=reproduce,
         seed_values=seed_values,
+        seeds_diverged=seeds_diverged,
         seed_mean=statistics.fmean(seed_values.values()) if seed_values else None,
         seed_sd=statistics.stdev(seed_values.values()) if len(seed_values) >= 2 else None,
         seeds_solved=(
@@ -167,19 +169,30 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
     )
 
 
-def _seed_values(trials: list[FrozenTrial], number: int | None) -> dict[int, float]:
-    """The best validation value each training seed of lineage ``number`` reached, read from all
-    its attempts: a re-queued attempt inherits the seeds finished before it and adds the rest, so
-    the lineage's first trial alone can miss seeds."""
-    if number is None:
-        return {}
-    (lin,) = [lin for lin in lineages(trials) if lin.number == number]
+def _seeds(trials: list[FrozenTrial], number: int | None) -> tuple[dict[int, float], dict[int, str]]:
+    """The best validation value each training seed of lineage ``number`` reached, and why each
+    seed that reached none diverged, read from all its attempts: a re-queued attempt inherits the
+    seeds finished before it and adds the rest, so the lineage's first trial alone can miss seeds.
+
+    Without a best lineage (its first seed diverged, so it reported nothing), the first lineage
+    that finished any seed: in a confirmation study, the one configuration it retrains."""
+    lins = lineages(trials)
     by_number = {t.number: t for t in trials}
-    out: dict[int, float] = {}
-    for n in lin.trials:
-        attrs = by_number[n].user_attrs
-        out.update({int(k.removeprefix(VALUE_SEED)): float(v) for k, v in attrs.items() if k.startswith(VALUE_SEED)})
-    return dict(sorted(out.items()))
+
+    def read(lin: Lineage) -> tuple[dict[int, float], dict[int, str]]:
+        values: dict[int, float] = {}
+        diverged: dict[int, str] = {}
+        for n in lin.trials:
+            for k, v in by_number[n].user_attrs.items():
+                if k.startswith(VALUE_SEED):
+                    values[int(k.removeprefix(VALUE_SEED))] = float(v)
+                elif k.startswith(DIVERGED_SEED):
+                    diverged[int(k.removeprefix(DIVERGED_SEED))] = str(v)
+        return dict(sorted(values.items())), dict(sorted(diverged.items()))
+
+    if number is not None:
+        return read(next(lin for lin in lins if lin.number == number))
+    return next((got for got in map(read, lins) if got[0] or got[1]), ({}, {}))
 
 
 def _spread(values: dict[int, float]) -> str:
@@ -381,7 +394,7 @@ def _verdict(rows: list[ModelRow]) -> list[str]:
         unsolved = [r for r in rows if not r.solved]
         if unsolved:
             out.append("**Not solved**: " + ", ".join(f"{r.model} ({_why_not(r)})" for r in unsolved) + ".")
-    spread = [r for r in rows if len(r.seed_values) >= 2]
+    spread = [r for r in rows if len(r.seed_values) + len(r.seeds_diverged) >= 2]
     if spread:
         out.append(
             "**Across seeds** (each model's best configuration, at each of its training seeds): "
@@ -411,12 +424,20 @@ def metric_words(objective: str) -> str:
 
 
 def _seed_verdict(r: ModelRow) -> str:
-    """``irnn solved in 4 of 5 seeds, val MSE 0.00012 ± 3e-05 (mean ± sample sd)``."""
-    n = len(r.seed_values)
-    value = f"{metric_words(r.objective)} {r.seed_mean:.3g} ± {r.seed_sd:.2g} (mean ± sample sd)"
+    """``irnn solved in 3 of 5 seeds (1 diverged), val MSE 0.00012 ± 3e-05 (mean ± sample sd of
+    the 4 that reached a value)``."""
+    n = len(r.seed_values) + len(r.seeds_diverged)
+    gone = f" ({len(r.seeds_diverged)} diverged)" if r.seeds_diverged else ""
+    if r.seed_mean is None:
+        value = "no seed reached a value"
+    elif r.seed_sd is None:
+        value = f"{metric_words(r.objective)} {r.seed_mean:.3g} (the one seed that reached a value)"
+    else:
+        of = f" of the {len(r.seed_values)} that reached a value" if r.seeds_diverged else ""
+        value = f"{metric_words(r.objective)} {r.seed_mean:.3g} ± {r.seed_sd:.2g} (mean ± sample sd{of})"
     if r.seeds_solved is not None:
-        return f"{r.model} solved in {r.seeds_solved} of {n} seeds, {value}"
-    return f"{r.model} {value} over {n} seeds"
+        return f"{r.model} solved in {r.seeds_solved} of {n} seeds{gone}, {value}"
+    return f"{r.model} {value} over {n} seeds{gone}"
 
 
 def _why_not(r: ModelRow) -> str:

@@ -224,8 +224,8 @@ def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: P
     some model has two seed values or more."""
     import matplotlib.pyplot as plt
 
-    cols = [r for r in rows if r.seed_values]
-    if not any(len(r.seed_values) >= 2 for r in cols):
+    cols = [r for r in rows if r.seed_values or r.seeds_diverged]
+    if not any(len(r.seed_values) + len(r.seeds_diverged) >= 2 for r in cols):
         return None
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(cols) + 2.5), 4.2), constrained_layout=True)
     ys_all: list[float] = []
@@ -250,13 +250,19 @@ def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: P
             ax.scatter([i + 0.25] * len(pub), pub, marker="D", s=36, facecolors="none", edgecolors="tab:red",
                        label=once("published number (their protocol)"))  # fmt: skip
         ys_all += ys + pub
-    ax.set_xticks(range(len(cols)), [f"{r.model}\n({len(r.seed_values)} seeds)" for r in cols])
+    ax.set_xticks(range(len(cols)), [_seed_tick(r) for r in cols])
     ax.set_xlim(-0.6, len(cols) - 0.4)
     _lines(ax, lines)
     _log_y(ax, ys_all + [v for v in (lines.baseline, lines.threshold) if v is not None], spec)
     ax.set_ylabel(f"best {spec.objective} per seed")
     ax.set_title(f"{spec.name}: each model's best configuration at each training seed", fontsize=9)
     return _finish(fig, ax, path)
+
+
+def _seed_tick(r: ModelRow) -> str:
+    """``irnn\n(5 seeds, 2 diverged)``: a diverged seed has no value to draw, so the tick says it."""
+    n = len(r.seed_values) + len(r.seeds_diverged)
+    return f"{r.model}\n({n} seeds" + (f", {len(r.seeds_diverged)} diverged)" if r.seeds_diverged else ")")
 
 
 def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:

@@ -3,6 +3,7 @@ bad input is one line, exit 2, nothing written; the derived study's report has t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import threading
@@ -19,7 +20,7 @@ from irnn_search.search.spec import Choice
 from irnn_search.search.validate import load_spec, parse_spec
 from irnn_search.service.answer import TaskLines, answer, reproduce_command
 from irnn_search.service.confirm import ConfirmError, fresh_seeds, model_table
-from irnn_search.service.report import _seed_values
+from irnn_search.service.report import ModelRow, _seed_verdict, _seeds
 from irnn_search.service.studies import open_studies
 from irnn_search.service.worker import work
 from irnn_search.settings import Settings
@@ -88,7 +89,8 @@ def test_the_derived_spec_reruns_each_models_best_trial_exactly_at_fresh_seeds(
 
     original = load_spec(searched / "studies" / "conf.toml")
     derived = load_spec(out)
-    assert derived.name == "conf-confirm" and derived.seeds == (1, 2, 3)  # the search trained seed 0
+    # named after its file, as any spec (so a second confirmation is a new study beside the first)
+    assert derived.name == "derived" and derived.seeds == (1, 2, 3)  # the search trained seed 0
     assert "confirms conf's best" in derived.description and "3 fresh seeds" in derived.description
     assert (derived.pruner.name, derived.sampler.name, derived.warm_start) == ("none", "random", False)
     same = ("task", "task_options", "steps", "report_every", "batch_size", "objective", "direction")
@@ -228,11 +230,38 @@ def test_a_requeued_lineage_reports_the_seeds_of_all_its_attempts() -> None:
         params={"lr": 0.002},
         distributions=dist,
         value=0.2,
-        user_attrs={"lineage": 0, "value_seed0": 0.1, "value_seed1": 0.2, "value_seed2": 0.3},
+        user_attrs={"lineage": 0, "value_seed0": 0.1, "value_seed1": 0.2, "value_seed3": 0.3, "diverged_seed2": "x"},
         intermediate_values={10: 0.1},
     )
     study.add_trials([first, retry])
-    assert _seed_values(study.get_trials(), 0) == {0: 0.1, 1: 0.2, 2: 0.3}
+    assert _seeds(study.get_trials(), 0) == ({0: 0.1, 1: 0.2, 3: 0.3}, {2: "x"})
+
+
+def test_a_lineage_whose_first_seed_diverged_still_reports_its_other_seeds() -> None:
+    """The first seed reports the intermediate values; when it diverged, the trial has none and no
+    best, yet its other seeds finished: the row reads them from the only lineage there is."""
+    study = optuna.create_study()
+    only = optuna.trial.create_trial(
+        params={"lr": 0.002},
+        distributions={"lr": FloatDistribution(1e-3, 1e-2, log=True)},
+        value=0.2,
+        user_attrs={"diverged_seed1": "hidden state reached 8e6", "value_seed2": 0.1, "value_seed3": 0.3},
+    )
+    study.add_trials([only])
+    assert _seeds(study.get_trials(), None) == ({2: 0.1, 3: 0.3}, {1: "hidden state reached 8e6"})
+
+
+def test_the_verdict_across_seeds_counts_the_diverged_ones() -> None:
+    row = ModelRow(**{f.name: None for f in dataclasses.fields(ModelRow) if f.default is dataclasses.MISSING})
+    row.model, row.objective = "irnn", "val_mse"
+    row.seed_values, row.seeds_diverged = {2: 0.001, 3: 0.003, 4: 0.5}, {1: "x", 5: "y"}
+    row.seed_mean, row.seed_sd, row.seeds_solved = 0.168, 0.288, 2
+    verdict = _seed_verdict(row)
+    assert verdict.startswith("irnn solved in 2 of 5 seeds (2 diverged), val MSE 0.168 ± 0.29")
+    assert "of the 3 that reached a value" in verdict
+    row.seed_values, row.seeds_diverged = {}, {1: "x", 2: "y"}
+    row.seed_mean, row.seed_sd, row.seeds_solved = None, None, 0
+    assert _seed_verdict(row) == "irnn solved in 0 of 2 seeds (2 diverged), no seed reached a value"
 
 
 def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_seeds(

@@ -4,6 +4,7 @@ its siblings, and a stop checkpoints every seed for the resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import threading
@@ -14,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from irnn_search.outcome import Outcome
 from irnn_search.search.validate import load_spec
 from irnn_search.service import packing
 from irnn_search.service.attempt import Attempt
@@ -126,3 +128,45 @@ def test_a_stopped_pack_checkpoints_every_seed_and_the_resume_continues_each(tmp
     work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=3)
     (done,) = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert all(done.user_attrs[f"resumed_at_step_seed{s}"] > 0 for s in (0, 1, 2)), done.user_attrs
+
+
+@pytest.mark.parametrize("pack", [1, 3], ids=["one-at-a-time", "packed"])
+def test_a_seed_that_diverges_is_counted_and_the_other_seeds_run_to_their_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack: int
+) -> None:
+    """One seed of a confirmation diverging is data ("diverged in 1 of 3 seeds"), not the end of the
+    configuration: the others finish, the value is their mean, the diverged seed is on the trial."""
+    from irnn_search.train import TrainResult
+
+    real = Attempt.seed_done
+
+    def seed_done(self: Attempt, i: int, seed: int, run: Any, result: TrainResult, ckpt: Path) -> None:
+        if seed == 1:  # as train() reports a run whose hidden state blew up
+            result = dataclasses.replace(result, outcome=Outcome.DIVERGED, reason="hidden state reached 8e6", best={})
+        return real(self, i, seed, run, result, ckpt)
+
+    monkeypatch.setattr(Attempt, "seed_done", seed_done)
+    study = _study(tmp_path, f"div{pack}", steps=40)
+    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=pack)
+    (t,) = study.trials
+    assert t.state == TrialState.COMPLETE, t.user_attrs
+    assert t.user_attrs["diverged_seed1"] == "hidden state reached 8e6"
+    assert "value_seed1" not in t.user_attrs and max(t.intermediate_values) == 40
+    assert t.value == pytest.approx(statistics.fmean([t.user_attrs["value_seed0"], t.user_attrs["value_seed2"]]))
+
+
+def test_a_trial_whose_every_seed_diverged_ends_diverged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from irnn_search.train import TrainResult
+
+    real = Attempt.seed_done
+
+    def seed_done(self: Attempt, i: int, seed: int, run: Any, result: TrainResult, ckpt: Path) -> None:
+        result = dataclasses.replace(result, outcome=Outcome.DIVERGED, reason=f"seed {seed} blew up", best={})
+        return real(self, i, seed, run, result, ckpt)
+
+    monkeypatch.setattr(Attempt, "seed_done", seed_done)
+    study = _study(tmp_path, "alldiv", steps=20)
+    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=3)
+    (t,) = study.trials
+    assert t.state == TrialState.PRUNED and t.user_attrs["outcome"] == "diverged"
+    assert t.user_attrs["reason"].startswith("every seed diverged: seed 0: seed 0 blew up")

@@ -440,6 +440,34 @@ def _seed_verdict(r: ModelRow) -> str:
     return f"{r.model} {value} over {n} seeds{gone}"
 
 
+def _seed_table(rows: list[ModelRow]) -> list[str]:
+    """The error bars, where a best configuration trained at several seeds (a confirmation): per
+    model the seeds solved and diverged, mean ± sample sd, range, and every seed's value."""
+    spread = [r for r in rows if len(r.seed_values) + len(r.seeds_diverged) >= 2]
+    if not spread:
+        return []
+    out = [
+        "",
+        "Across seeds (each model's best configuration at each training seed; a seed's value is the best "
+        "validation value it reached):",
+        "",
+        "| model | seeds | solved | diverged | mean ± sample sd | min | max | each seed |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in spread:
+        v = list(r.seed_values.values())
+        each = {**{s: f"{x:.3g}" for s, x in r.seed_values.items()}, **{s: "diverged" for s in r.seeds_diverged}}
+        mean = "–" if r.seed_mean is None else f"{r.seed_mean:.3g}"
+        if r.seed_sd is not None:
+            mean += f" ± {r.seed_sd:.2g}"
+        solved = "–" if r.seeds_solved is None else str(r.seeds_solved)
+        out.append(
+            f"| {r.model} | {len(each)} | {solved} | {len(r.seeds_diverged)} | {mean} | {_fmt(min(v, default=None))} "
+            f"| {_fmt(max(v, default=None))} | {', '.join(f'{s}: {each[s]}' for s in sorted(each))} |"
+        )
+    return out
+
+
 def _why_not(r: ModelRow) -> str:
     if r.best_value is None:
         return "no trial reported yet"
@@ -484,6 +512,7 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
             f"| {_fmt(r.test_value)} | {pub} | {r.trials} ({r.complete}/{r.pruned}/{r.failed}) "
             f"| {r.device_hours:.3f} |"
         )
+    lines += _seed_table(rows)
     lines += ["", "Best hyperparameters, and the command that re-runs that trial alone:", ""]
     for r in rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())

@@ -255,7 +255,7 @@ def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: P
     _lines(ax, lines)
     _log_y(ax, ys_all + [v for v in (lines.baseline, lines.threshold) if v is not None], spec)
     ax.set_ylabel(f"best {spec.objective} per seed")
-    ax.set_title(f"{spec.name}: each model's best configuration at each training seed", fontsize=9)
+    ax.set_title(f"{spec.name}: best configuration, each seed", fontsize=9)
     return _finish(fig, ax, path)
 
 

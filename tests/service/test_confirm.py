@@ -303,6 +303,10 @@ def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_see
         f"irnn solved in {r['seeds_solved']} of 2 seeds, val MSE {r['seed_mean']:.3g} ± {r['seed_sd']:.2g} "
         "(mean ± sample sd)" in md
     )
+    each = ", ".join(f"{s}: {v:.3g}" for s, v in sorted((int(k), v) for k, v in r["seed_values"].items()))
+    lo, hi = min(r["seed_values"].values()), max(r["seed_values"].values())
+    spread = f"{r['seed_mean']:.3g} ± {r['seed_sd']:.2g}"
+    assert f"| irnn | 2 | {r['seeds_solved']} | 0 | {spread} | {lo:.4g} | {hi:.4g} | {each} |" in md
 
     # the search trained one seed: its report has no seed plot
     search_plots = tmp_path / "search-plots"

@@ -469,9 +469,9 @@ def _seed_table(rows: list[ModelRow]) -> list[str]:
 
 
 def _why_not(r: ModelRow) -> str:
-    if r.best_value is None:
-        return "no trial reported yet"
     ends = ", ".join(f"{n} {k}" for k, n in sorted(r.endings.items(), key=lambda kv: -kv[1]))
+    if r.best_value is None:  # ended before a first report (diverged at step 2), or none ran yet
+        return f"no trial reached a value; trials: {ends}" if ends else "no trial reported yet"
     where = ""
     if r.baseline is not None and r.best_value >= 0.9 * r.baseline:
         where = "every trial stayed on the baseline plateau; "
@@ -516,6 +516,9 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
     lines += ["", "Best hyperparameters, and the command that re-runs that trial alone:", ""]
     for r in rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
+        if r.best_trial is None:
+            lines.append(f"- **{r.model}**: no trial reached a value")
+            continue
         lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}{_spread(r.seed_values)}")
         if r.reproduce:
             lines.append(f"  `{r.reproduce}`")

@@ -251,6 +251,16 @@ def test_a_lineage_whose_first_seed_diverged_still_reports_its_other_seeds() -> 
     assert _seeds(study.get_trials(), None) == ({2: 0.1, 3: 0.3}, {1: "hidden state reached 8e6"})
 
 
+def test_a_model_whose_trials_all_ended_before_a_report_says_how_they_ended() -> None:
+    from irnn_search.service.report import _why_not
+
+    row = ModelRow(**{f.name: None for f in dataclasses.fields(ModelRow) if f.default is dataclasses.MISSING})
+    row.endings = {"diverged": 1}
+    assert _why_not(row) == "no trial reached a value; trials: 1 diverged"
+    row.endings = {}
+    assert _why_not(row) == "no trial reported yet"
+
+
 def test_the_verdict_across_seeds_counts_the_diverged_ones() -> None:
     row = ModelRow(**{f.name: None for f in dataclasses.fields(ModelRow) if f.default is dataclasses.MISSING})
     row.model, row.objective = "irnn", "val_mse"

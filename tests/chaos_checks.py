@@ -88,6 +88,9 @@ class Summary:
     workers_started: int = 0
     attempts: int = 0
     lineages: int = 0
+    # lineages that never reported and never counted: a trial asked, its worker killed before its
+    # first report, and its place in the budget taken by another (no work lost)
+    stillborn: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     steps_needed: int = 0
     steps_trained: int = 0
@@ -255,6 +258,15 @@ def check(soak: Soak, state: State) -> Summary:
     for a in state.attempts:
         by_lineage.setdefault((a.study, a.lineage), []).append(a)
     s.lineages = len(by_lineage)
+    counted = {
+        (name, int(t.user_attrs.get("lineage", t.number)))
+        for name, ts in state.trials.items()
+        for t in ts
+        if counts(t) and t.state not in (TrialState.RUNNING, TrialState.WAITING)
+    }
+    s.stillborn = sum(
+        1 for key, chain in by_lineage.items() if key not in counted and not any(a.reports for a in chain)
+    )
     # 1. every trial finished, none lost or run to the end twice
     for name, ts in state.trials.items():
         for t in ts:

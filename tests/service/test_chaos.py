@@ -31,4 +31,6 @@ def test_a_pool_under_random_kills_and_server_restarts_finishes_the_study_with_e
     # the soak did what it is for: faults landed while trials ran, and trials resumed
     assert sum(summary.faults.values()) >= 3, summary.faults
     assert summary.resumes >= 1, "no trial was resumed: the faults missed every trial"
-    assert summary.lineages == 2 * config.trials
+    # every lineage that reported counts in the budget (one that did not: killed before its first
+    # report, its place taken, no work lost)
+    assert summary.lineages - summary.stillborn == 2 * config.trials, (summary.lineages, summary.stillborn)

@@ -38,6 +38,11 @@ BPC = "bits per character"
 UNITS = {"accuracy": PERCENT, "mse": "MSE", "bpc": BPC}
 
 
+def in_metric_units(value: float, units: str) -> float:
+    """A published value in its task metric's units: accuracy as a fraction, the others as is."""
+    return value / 100.0 if units == PERCENT else value
+
+
 @dataclass(frozen=True)
 class PublishedResult:
     """A number a paper or its repository published, with how it was measured.
@@ -60,7 +65,7 @@ class PublishedResult:
 
     @property
     def metric_value(self) -> float:
-        return self.value / 100.0 if self.units == PERCENT else self.value
+        return in_metric_units(self.value, self.units)
 
 
 @dataclass(frozen=True)

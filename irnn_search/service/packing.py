@@ -9,10 +9,9 @@ once and its slot goes to the next trial the budget allows. A trial with several
 them side by side, one member per seed, as free slots allow (so a multi-seed confirmation of one
 configuration runs its seeds in one pack); the trial ends when its last seed returns, and a seed
 that ends it early (pruned, failed, interrupted) stops its siblings at their next report. A seed
-that diverges ends only itself (``Attempt.seed_done``). The worker
-keeps every packed trial's heartbeat; a stop
-(SIGTERM, Ctrl-C) checkpoints every member, and their trials are re-queued like any
-interrupted trial.
+that diverges ends only itself (``Attempt.seed_done``). The worker keeps every packed trial's
+heartbeat; a stop (SIGTERM, Ctrl-C) checkpoints every member, and their trials are re-queued like
+any interrupted trial.
 
 Device time: each member's ``train_s`` in our database is its share of the pack's compute (one
 packed step's time divided by the members in it). For budgets, ``status`` and reports, each

@@ -80,6 +80,11 @@ class ModelRow:
     # trials failed for good because their worker died on every attempt: {"trial": n, "reason": ...}
     gave_up: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def seeds_trained(self) -> int:
+        """The best configuration's training seeds that finished: with a value or diverged."""
+        return len(self.seed_values) + len(self.seeds_diverged)
+
 
 def _is_smoke(task: str) -> bool:
     """Whether ``task`` shrinks a real one (a task whose plugin no longer loads counts as real)."""
@@ -317,8 +322,9 @@ def run_report(
         if result is not None:
             recorder = recorder or ledger()
             recorder.record_test(study.study_name, result["trial"], result["metrics"])
-    emit(render(rows_for(spec, storage_url), fmt, spec=spec))
-    return plots(spec, storage_url, out_dir)
+    rows = rows_for(spec, storage_url)
+    emit(render(rows, fmt, spec=spec))
+    return plots(spec, storage_url, out_dir, rows)
 
 
 def _fmt(v: float | None) -> str:
@@ -394,7 +400,7 @@ def _verdict(rows: list[ModelRow]) -> list[str]:
         unsolved = [r for r in rows if not r.solved]
         if unsolved:
             out.append("**Not solved**: " + ", ".join(f"{r.model} ({_why_not(r)})" for r in unsolved) + ".")
-    spread = [r for r in rows if len(r.seed_values) + len(r.seeds_diverged) >= 2]
+    spread = [r for r in rows if r.seeds_trained >= 2]
     if spread:
         out.append(
             "**Across seeds** (each model's best configuration, at each of its training seeds): "
@@ -426,7 +432,7 @@ def metric_words(objective: str) -> str:
 def _seed_verdict(r: ModelRow) -> str:
     """``irnn solved in 3 of 5 seeds (1 diverged), val MSE 0.00012 ± 3e-05 (mean ± sample sd of
     the 4 that reached a value)``."""
-    n = len(r.seed_values) + len(r.seeds_diverged)
+    n = r.seeds_trained
     gone = f" ({len(r.seeds_diverged)} diverged)" if r.seeds_diverged else ""
     if r.seed_mean is None:
         value = "no seed reached a value"
@@ -443,7 +449,7 @@ def _seed_verdict(r: ModelRow) -> str:
 def _seed_table(rows: list[ModelRow]) -> list[str]:
     """The error bars, where a best configuration trained at several seeds (a confirmation): per
     model the seeds solved and diverged, mean ± sample sd, range, and every seed's value."""
-    spread = [r for r in rows if len(r.seed_values) + len(r.seeds_diverged) >= 2]
+    spread = [r for r in rows if r.seeds_trained >= 2]
     if not spread:
         return []
     out = [
@@ -462,8 +468,9 @@ def _seed_table(rows: list[ModelRow]) -> list[str]:
             mean += f" ± {r.seed_sd:.2g}"
         solved = "–" if r.seeds_solved is None else str(r.seeds_solved)
         out.append(
-            f"| {r.model} | {len(each)} | {solved} | {len(r.seeds_diverged)} | {mean} | {_fmt(min(v, default=None))} "
-            f"| {_fmt(max(v, default=None))} | {', '.join(f'{s}: {each[s]}' for s in sorted(each))} |"
+            f"| {r.model} | {r.seeds_trained} | {solved} | {len(r.seeds_diverged)} | {mean} "
+            f"| {_fmt(min(v, default=None))} | {_fmt(max(v, default=None))} "
+            f"| {', '.join(f'{s}: {each[s]}' for s in sorted(each))} |"
         )
     return out
 

@@ -14,10 +14,10 @@ from typing import Any
 import optuna
 
 from irnn_search.outcome import Outcome
-from irnn_search.search.literature import PERCENT
+from irnn_search.search.literature import in_metric_units
 from irnn_search.search.spec import StudySpec
 from irnn_search.service.answer import TaskLines, better, lineages, task_lines, top_lineage
-from irnn_search.service.report import ModelRow, model_row, spec_studies
+from irnn_search.service.report import ModelRow, spec_studies
 from irnn_search.tasks import TaskError, task_class
 
 #: how each lineage ending is drawn on the landscape plots
@@ -212,7 +212,7 @@ def published_points(spec: StudySpec, numbers: list[dict[str, Any]]) -> list[flo
         size_key = None
     size = spec.task_options.get(size_key) if size_key else None
     return [
-        float(n["value"]) / 100.0 if n["units"] == PERCENT else float(n["value"])
+        in_metric_units(float(n["value"]), n["units"])
         for n in numbers
         if n["metric"] == metric and n.get("size", size) == size
     ]
@@ -224,8 +224,8 @@ def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: P
     some model has two seed values or more."""
     import matplotlib.pyplot as plt
 
-    cols = [r for r in rows if r.seed_values or r.seeds_diverged]
-    if not any(len(r.seed_values) + len(r.seeds_diverged) >= 2 for r in cols):
+    cols = [r for r in rows if r.seeds_trained]
+    if not any(r.seeds_trained >= 2 for r in cols):
         return None
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(cols) + 2.5), 4.2), constrained_layout=True)
     ys_all: list[float] = []
@@ -261,12 +261,13 @@ def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: P
 
 def _seed_tick(r: ModelRow) -> str:
     """``irnn\n(5 seeds, 2 diverged)``: a diverged seed has no value to draw, so the tick says it."""
-    n = len(r.seed_values) + len(r.seeds_diverged)
-    return f"{r.model}\n({n} seeds" + (f", {len(r.seeds_diverged)} diverged)" if r.seeds_diverged else ")")
+    diverged = f", {len(r.seeds_diverged)} diverged" if r.seeds_diverged else ""
+    return f"{r.model}\n({r.seeds_trained} seeds{diverged})"
 
 
-def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
-    """Write the report's plots into ``out_dir``; returns the files written."""
+def plots(spec: StudySpec, storage_url: str, out_dir: Path, rows: list[ModelRow]) -> list[Path]:
+    """Write the report's plots into ``out_dir`` (``rows``: the report's, one per study); returns
+    the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,6 +279,6 @@ def plots(spec: StudySpec, storage_url: str, out_dir: Path) -> list[Path]:
         learning_curves(spec, studies, lines, out_dir / "best_learning_curves.png"),
         landscapes(spec, studies, lines, out_dir / "landscape.png"),
         importances(spec, studies, out_dir / "importances.png"),
-        seed_spread(spec, [model_row(s, lines) for s in studies.values()], lines, out_dir / "seeds.png"),
+        seed_spread(spec, rows, lines, out_dir / "seeds.png"),
     ]
     return [p for p in written if p is not None]

@@ -2,6 +2,8 @@
 to their full length and count how many would have solved.
 
     IRNN_SEARCH_HOME=~/runs/copy200/home .venv/bin/python scripts/audit_pruning.py copy200 --sample 6
+    IRNN_SEARCH_HOME=~/runs/adding-irnn-identity/home .venv/bin/python scripts/audit_pruning.py \
+        adding-irnn-identity --trials 4,9
 
 Each re-run is the trial's reproduce line (same hyperparameters, seed, steps, batch size), trained
 with ``irnn_search.train`` on one thread. Prints a Markdown table and, with ``--json FILE``, the
@@ -32,6 +34,7 @@ def main() -> int:
     ap.add_argument("spec")
     ap.add_argument("--sample", type=int, default=6, help="pruned/diverged trials to re-run, in all")
     ap.add_argument("--seed", type=int, default=0, help="which ones (a random sample)")
+    ap.add_argument("--trials", help="re-run these lineages (first trial numbers, comma-separated) instead of a sample")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--studies-dir", default="studies")
     args = ap.parse_args()
@@ -44,8 +47,12 @@ def main() -> int:
         for lin in lineages(study.get_trials(deepcopy=False)):
             if lin.ended in ("pruned", "diverged") and lin.solved_at(lines.threshold) is None:
                 candidates.append((key, lin))
-    rng = random.Random(args.seed)
-    sample = rng.sample(candidates, min(args.sample, len(candidates)))
+    if args.trials:
+        wanted = {int(n) for n in args.trials.split(",")}
+        sample = [(key, lin) for key, lin in candidates if lin.number in wanted]
+    else:
+        rng = random.Random(args.seed)
+        sample = rng.sample(candidates, min(args.sample, len(candidates)))
     print(f"{len(candidates)} pruned or diverged trials did not reach the threshold; re-running {len(sample)}",
           file=sys.stderr)  # fmt: skip
     rows = []

@@ -41,6 +41,10 @@ SAMPLER_OPTIONS: dict[str, dict[str, Any]] = {
 #: ``keep_answers`` (1 = on): on tasks with a solve threshold, only a trial stuck on the memoryless
 #: plateau while at least 1/η of the trials that got as far have left it may be pruned; solved and
 #: learning trials never are (see ``search.space.AnswerKeepingPruner``).
+#: ``plateau_grace`` (steps; any pruner but ``none``, only stored when a spec sets it): no trial on
+#: the plateau is pruned before this step, nor before twice the longest plateau a trial of the study
+#: has left; default half the study's steps (``search.space.plateau_grace``).
+PLATEAU_GRACE = "plateau_grace"
 PRUNER_OPTIONS: dict[str, dict[str, Any]] = {
     "asha": {
         "min_resource": "report_every",

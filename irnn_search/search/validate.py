@@ -57,6 +57,7 @@ from irnn_search import bundled
 from irnn_search.models import model_names
 from irnn_search.options import OptionError, build_config
 from irnn_search.search.spec import (
+    PLATEAU_GRACE,
     PRUNER_OPTIONS,
     SAMPLER_OPTIONS,
     PrunerSpec,
@@ -331,7 +332,8 @@ class _StudyResolver(ModelResolver):
         if name not in PRUNER_OPTIONS:
             raise self.err(f"{key}.name", "unknown pruner", name, allowed=", ".join(PRUNER_OPTIONS))
         defaults = PRUNER_OPTIONS[name]
-        self.known_keys(table, key, ["name", *defaults], hint=f" for pruner {name!r}")
+        extra = [PLATEAU_GRACE] if name != "none" else []
+        self.known_keys(table, key, ["name", *defaults, *extra], hint=f" for pruner {name!r}")
         placeholders = {"report_every": report_every, "steps": steps}
         options: dict[str, int] = {k: placeholders[v] if isinstance(v, str) else int(v) for k, v in defaults.items()}
         for k in defaults:
@@ -367,6 +369,17 @@ class _StudyResolver(ModelResolver):
             )
         if name == "median" and options["n_min_trials"] < 1:
             raise self.err(f"{key}.n_min_trials", "must be >= 1", options["n_min_trials"], allowed="an integer >= 1")
+        if PLATEAU_GRACE in table and extra:
+            # Only stored when given, so that specs written before it existed keep their hash.
+            grace = self.integer(table[PLATEAU_GRACE], f"{key}.{PLATEAU_GRACE}", minimum=0)
+            if grace > steps:
+                raise self.err(
+                    f"{key}.{PLATEAU_GRACE}",
+                    "no trial reports after the study's last step",
+                    grace,
+                    allowed=f"0 .. {steps} (0: plateau trials may be pruned from the first rung)",
+                )
+            options[PLATEAU_GRACE] = grace
         return PrunerSpec(name=name, options=options)
 
 

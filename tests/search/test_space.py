@@ -219,9 +219,14 @@ def test_asha_prunes_a_bad_trial_at_its_first_rung_on_the_report_grid():
     assert bad.should_prune()  # the first rung is min_resource = 100 steps, a report step
 
 
-def _asha_study(keep_answers: bool) -> tuple[optuna.Study, StudySpec]:
+def _asha_study(keep_answers: bool, grace: int | None = 0) -> tuple[optuna.Study, StudySpec]:
+    """ASHA with rungs at 100, 200 and 400 of 400 steps (report every 50); ``grace``: the spec's
+    ``plateau_grace`` (None: not given, so half the steps)."""
     extra = "true" if keep_answers else "false"
-    spec = make_spec(f'pruner = {{ name = "asha", min_resource = 100, reduction_factor = 2, keep_answers = {extra} }}')
+    given = "" if grace is None else f", plateau_grace = {grace}"
+    spec = make_spec(
+        f'pruner = {{ name = "asha", min_resource = 100, reduction_factor = 2, keep_answers = {extra}{given} }}'
+    )
     return optuna.create_study(pruner=build_pruner(spec)), spec
 
 
@@ -269,7 +274,7 @@ def test_a_learning_trial_is_not_ranked_against_faster_learners(keep_answers: bo
 
 def test_a_plateau_trial_is_kept_while_too_few_trials_left_the_plateau_to_fill_the_promoted_half() -> None:
     study, _ = _asha_study(True)  # reduction factor 2: ASHA promotes half
-    _run_curve(study, {50: 0.166, 100: 0.05})  # one trial left the plateau by step 100
+    _run_curve(study, {50: 0.1, 100: 0.05})  # one trial left the plateau, at step 50
     for v in (0.160, 0.161):  # two did not
         _run_curve(study, {50: 0.166, 100: v})
     late = _run_curve(study, {50: 0.166}, finish=False)
@@ -279,11 +284,60 @@ def test_a_plateau_trial_is_kept_while_too_few_trials_left_the_plateau_to_fill_t
 
 def test_a_plateau_trial_is_pruned_once_another_trial_left_the_plateau_by_that_step() -> None:
     study, _ = _asha_study(True)
-    for v in (0.05, 0.06):  # left the plateau (below 0.9 x 1/6 = 0.15) by step 100
-        _run_curve(study, {50: 0.166, 100: v})
+    for v in (0.05, 0.06):  # left the plateau (below 0.9 x 1/6 = 0.15) at step 50
+        _run_curve(study, {50: 0.1, 100: v})
     late = _run_curve(study, {50: 0.166}, finish=False)
     late.report(0.165, 100)
     assert late.should_prune()
+
+
+def test_no_plateau_trial_is_pruned_before_half_the_steps_by_default() -> None:
+    study, spec = _asha_study(True, grace=None)
+    assert spec.pruner.options.get("plateau_grace") is None  # not given: not stored, the hash is as before
+    for v in (0.05, 0.06):  # both left the plateau at step 50 and went on
+        _run_curve(study, {50: 0.1, 100: v, 200: v / 2})
+    late = _run_curve(study, {50: 0.166}, finish=False)
+    late.report(0.165, 100)
+    assert not late.should_prune()  # the 100-step rung is before step 200, half of 400
+    late.report(0.164, 200)
+    assert late.should_prune()  # at half the steps, still on the plateau, while both others learn
+
+
+def test_no_plateau_trial_is_pruned_before_twice_the_longest_plateau_the_study_has_seen() -> None:
+    study, _ = _asha_study(True)
+    _run_curve(study, {50: 0.166, 100: 0.05, 200: 0.01})  # left the plateau only at step 100
+    _run_curve(study, {50: 0.1, 100: 0.04, 200: 0.02})
+    late = _run_curve(study, {50: 0.166}, finish=False)
+    late.report(0.165, 100)
+    assert not late.should_prune()  # a 100-step plateau has ended in this study: step 100 is too soon
+    late.report(0.165, 200)
+    assert late.should_prune()  # twice the longest plateau seen
+
+
+def test_a_bad_trial_is_pruned_whatever_the_grace() -> None:
+    study, _ = _asha_study(True, grace=None)
+    for v in (0.05, 0.06):
+        _run_curve(study, {50: 0.1, 100: v})
+    bad = _run_curve(study, {50: 0.5}, finish=False)
+    bad.report(0.5, 100)  # three times the baseline: not a plateau
+    assert bad.should_prune()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(-1, "plateau_grace"), (401, r"plateau_grace.*0 \.\. 400"), ('"half"', "plateau_grace")],
+)
+def test_plateau_grace_rejects_a_bad_value(value: object, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        make_spec(f'pruner = {{ name = "asha", plateau_grace = {value} }}')
+
+
+def test_plateau_grace_is_stored_when_given_and_refused_without_a_pruner() -> None:
+    spec = make_spec('pruner = { name = "median", plateau_grace = 150 }')
+    assert spec.pruner.options["plateau_grace"] == 150
+    assert type(spec).from_dict(spec.to_dict()).pruner.options["plateau_grace"] == 150
+    with pytest.raises(SpecError, match="plateau_grace"):
+        make_spec('pruner = { name = "none", plateau_grace = 150 }')
 
 
 def test_keep_answers_rejects_a_bad_value() -> None:

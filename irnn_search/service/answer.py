@@ -10,6 +10,7 @@ and re-queued is one *lineage* (the re-queued copy resumes from the checkpoint),
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.outcome import Outcome
 from irnn_search.search.spec import StudySpec
+from irnn_search.service.attempt import DIVERGED_SEED, VALUE_SEED
 from irnn_search.service.budget import device_seconds, usage
 from irnn_search.service.recovery import released
 from irnn_search.service.studies import stored_spec
@@ -213,10 +215,74 @@ def answer(study: optuna.Study, spec: StudySpec, lines: TaskLines | None = None)
     )
 
 
-def summary_metrics(a: Answer, device_hours: float) -> dict[str, float]:
+@dataclass(frozen=True)
+class Seeds:
+    """What each training seed of one configuration reached: a multi-seed trial (a confirmation)
+    trains every seed to its end and records each seed's best validation value, or why it
+    diverged."""
+
+    values: dict[int, float] = field(default_factory=dict)  # seed -> best validation value
+    diverged: dict[int, str] = field(default_factory=dict)  # seed -> why it reached no value
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values.values()) if self.values else None
+
+    @property
+    def sd(self) -> float | None:
+        """The sample standard deviation (None below two values)."""
+        return statistics.stdev(self.values.values()) if len(self.values) >= 2 else None
+
+    def solved(self, threshold: float | None) -> int | None:
+        """How many seeds ended below ``threshold`` (None without a threshold or any value)."""
+        if threshold is None or not self.values:
+            return None
+        return sum(v < threshold for v in self.values.values())
+
+
+def seeds_of(trials: list[FrozenTrial], number: int | None) -> Seeds:
+    """The seeds of lineage ``number``, read from all its attempts: a re-queued attempt inherits
+    the seeds finished before it and adds the rest, so the lineage's first trial alone can miss
+    seeds.
+
+    Without a best lineage (its first seed diverged, so it reported nothing), the first lineage
+    that finished any seed: in a confirmation study, the one configuration it retrains."""
+    lins = lineages(trials)
+    by_number = {t.number: t for t in trials}
+
+    def read(lin: Lineage) -> Seeds:
+        values: dict[int, float] = {}
+        diverged: dict[int, str] = {}
+        for n in lin.trials:
+            for k, v in by_number[n].user_attrs.items():
+                if k.startswith(VALUE_SEED):
+                    values[int(k.removeprefix(VALUE_SEED))] = float(v)
+                elif k.startswith(DIVERGED_SEED):
+                    diverged[int(k.removeprefix(DIVERGED_SEED))] = str(v)
+        return Seeds(dict(sorted(values.items())), dict(sorted(diverged.items())))
+
+    if number is not None:
+        return read(next(lin for lin in lins if lin.number == number))
+    return next((got for got in map(read, lins) if got.values or got.diverged), Seeds())
+
+
+def summary_metrics(a: Answer, device_hours: float, seeds: Seeds | None = None) -> dict[str, float]:
     """The answer as flat numbers, for an MLflow parent run (the runs table compares models by
-    these). Unknown values are left out rather than logged as NaN."""
+    these). Unknown values are left out rather than logged as NaN. ``seeds``: the best
+    configuration's seeds, where it trained several (a confirmation): their mean, sample sd, and
+    how many solved, diverged and reached a value, so confirmations compare in the runs table."""
     out: dict[str, float] = {"trials": float(a.lineages), "device_hours": device_hours}
+    if seeds is not None and (seeds.values or seeds.diverged):
+        solved = seeds.solved(a.threshold)
+        for key, value in (
+            ("seed_mean", seeds.mean),
+            ("seed_sd", seeds.sd),
+            ("seeds_solved", solved),
+            ("seeds_reached", len(seeds.values)),
+            ("seeds_diverged", len(seeds.diverged)),
+        ):
+            if value is not None and math.isfinite(float(value)):
+                out[key] = float(value)
     for key, value in (
         ("best_value", a.best_value),
         ("best_step", a.best_step),
@@ -289,7 +355,8 @@ def publish_summary(study: optuna.Study, tracker: Any) -> None:
     try:
         spec = stored_spec(study)
         a = answer(study, spec, lines_for(spec))
-        tracker.log_metrics(parent, a.lineages, summary_metrics(a, usage(study).device_hours))
+        seeds = seeds_of(study.get_trials(deepcopy=False), a.best_trial) if len(spec.seeds) > 1 else None
+        tracker.log_metrics(parent, a.lineages, summary_metrics(a, usage(study).device_hours, seeds))
         tags: dict[str, Any] = {f"best.{k}": _num(v) for k, v in a.best_params.items()}
         tags["irnn.objective"] = spec.objective
         tags["irnn.solved"] = "–" if a.solved is None else ("yes" if a.solved else "no")

@@ -18,8 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.search.literature import published_results
 from irnn_search.search.spec import SpecError, StudySpec
-from irnn_search.service.answer import Lineage, TaskLines, answer, lineages, reproduce_command
-from irnn_search.service.attempt import DIVERGED_SEED, VALUE_SEED
+from irnn_search.service.answer import TaskLines, answer, lineages, reproduce_command, seeds_of
 from irnn_search.service.budget import Usage, usage
 from irnn_search.service.recovery import GAVE_UP
 from irnn_search.service.studies import load_studies, stored_spec, study_name
@@ -116,7 +115,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
     u: Usage = usage(study)
     a = answer(study, spec, lines)
     trials = study.get_trials(deepcopy=False)  # one read for what the row takes from the trials
-    seed_values, seeds_diverged = _seeds(trials, a.best_trial)
+    seeds = seeds_of(trials, a.best_trial)
     reproduce = None
     if a.best_trial is not None:
         try:
@@ -164,40 +163,12 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
         published_settings_solved_at=a.published_solved_at,
         endings=a.endings,
         reproduce=reproduce,
-        seed_values=seed_values,
-        seeds_diverged=seeds_diverged,
-        seed_mean=statistics.fmean(seed_values.values()) if seed_values else None,
-        seed_sd=statistics.stdev(seed_values.values()) if len(seed_values) >= 2 else None,
-        seeds_solved=(
-            sum(v < a.threshold for v in seed_values.values()) if a.threshold is not None and seed_values else None
-        ),
+        seed_values=seeds.values,
+        seeds_diverged=seeds.diverged,
+        seed_mean=seeds.mean,
+        seed_sd=seeds.sd,
+        seeds_solved=seeds.solved(a.threshold),
     )
-
-
-def _seeds(trials: list[FrozenTrial], number: int | None) -> tuple[dict[int, float], dict[int, str]]:
-    """The best validation value each training seed of lineage ``number`` reached, and why each
-    seed that reached none diverged, read from all its attempts: a re-queued attempt inherits the
-    seeds finished before it and adds the rest, so the lineage's first trial alone can miss seeds.
-
-    Without a best lineage (its first seed diverged, so it reported nothing), the first lineage
-    that finished any seed: in a confirmation study, the one configuration it retrains."""
-    lins = lineages(trials)
-    by_number = {t.number: t for t in trials}
-
-    def read(lin: Lineage) -> tuple[dict[int, float], dict[int, str]]:
-        values: dict[int, float] = {}
-        diverged: dict[int, str] = {}
-        for n in lin.trials:
-            for k, v in by_number[n].user_attrs.items():
-                if k.startswith(VALUE_SEED):
-                    values[int(k.removeprefix(VALUE_SEED))] = float(v)
-                elif k.startswith(DIVERGED_SEED):
-                    diverged[int(k.removeprefix(DIVERGED_SEED))] = str(v)
-        return dict(sorted(values.items())), dict(sorted(diverged.items()))
-
-    if number is not None:
-        return read(next(lin for lin in lins if lin.number == number))
-    return next((got for got in map(read, lins) if got[0] or got[1]), ({}, {}))
 
 
 def _spread(values: dict[int, float]) -> str:

@@ -18,9 +18,9 @@ from typer.testing import CliRunner, Result
 from irnn_search.cli import app
 from irnn_search.search.spec import Choice
 from irnn_search.search.validate import load_spec, parse_spec
-from irnn_search.service.answer import TaskLines, answer, reproduce_command
+from irnn_search.service.answer import Seeds, TaskLines, answer, reproduce_command, seeds_of, summary_metrics
 from irnn_search.service.confirm import ConfirmError, fresh_seeds, model_table
-from irnn_search.service.report import ModelRow, _seed_verdict, _seeds
+from irnn_search.service.report import ModelRow, _seed_verdict
 from irnn_search.service.studies import open_studies
 from irnn_search.service.worker import work
 from irnn_search.settings import Settings
@@ -214,6 +214,25 @@ def test_fresh_seeds_start_after_the_largest_seed_the_search_used() -> None:
     assert fresh_seeds((7, 3), 2) == (8, 9)
 
 
+CONF_SPEC_FOR_METRICS = parse_spec(
+    """\
+[study]
+task = "adding"
+task_options = { T = 10 }
+steps = 10
+report_every = 10
+batch_size = 4
+budget = { trials = 1 }
+
+[models.irnn]
+hidden_size = 4
+lr = { low = 1e-3, high = 1e-2, log = true }
+""",
+    source="m.toml",
+    default_name="m",
+)
+
+
 def test_a_requeued_lineage_reports_the_seeds_of_all_its_attempts() -> None:
     """The first attempt finished seed 0 and was interrupted; its re-queued copy inherited that
     value and finished seeds 1 and 2. The lineage's first trial alone holds only seed 0."""
@@ -234,7 +253,19 @@ def test_a_requeued_lineage_reports_the_seeds_of_all_its_attempts() -> None:
         intermediate_values={10: 0.1},
     )
     study.add_trials([first, retry])
-    assert _seeds(study.get_trials(), 0) == ({0: 0.1, 1: 0.2, 3: 0.3}, {2: "x"})
+    seeds = seeds_of(study.get_trials(), 0)
+    assert seeds == Seeds({0: 0.1, 1: 0.2, 3: 0.3}, {2: "x"})
+    assert seeds.mean == pytest.approx(0.2) and seeds.sd == pytest.approx(0.1) and seeds.solved(0.15) == 1
+    # what the study's MLflow parent run carries, so confirmations compare in the runs table
+    metrics = summary_metrics(answer(study, CONF_SPEC_FOR_METRICS, TaskLines(None, 0.15, None)), 0.1, seeds)
+    assert {k: metrics[k] for k in ("seed_mean", "seed_sd", "seeds_solved", "seeds_reached", "seeds_diverged")} == {
+        "seed_mean": pytest.approx(0.2),
+        "seed_sd": pytest.approx(0.1),
+        "seeds_solved": 1.0,
+        "seeds_reached": 3.0,
+        "seeds_diverged": 1.0,
+    }
+    assert "seed_mean" not in summary_metrics(answer(study, CONF_SPEC_FOR_METRICS, None), 0.1)  # one seed: none
 
 
 def test_a_lineage_whose_first_seed_diverged_still_reports_its_other_seeds() -> None:
@@ -248,7 +279,7 @@ def test_a_lineage_whose_first_seed_diverged_still_reports_its_other_seeds() -> 
         user_attrs={"diverged_seed1": "hidden state reached 8e6", "value_seed2": 0.1, "value_seed3": 0.3},
     )
     study.add_trials([only])
-    assert _seeds(study.get_trials(), None) == ({2: 0.1, 3: 0.3}, {1: "hidden state reached 8e6"})
+    assert seeds_of(study.get_trials(), None) == Seeds({2: 0.1, 3: 0.3}, {1: "hidden state reached 8e6"})
 
 
 def test_a_model_whose_trials_all_ended_before_a_report_says_how_they_ended() -> None:
@@ -286,10 +317,17 @@ def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_see
     out = tmp_path / "derived.toml"
     assert _confirm(searched, "--seeds", "2", "--out", str(out)).exit_code == 0
     derived = load_spec(out)
-    studies = open_studies(derived, Settings(home=home).storage_url)
+    from irnn_search.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{home / 'mlflow.db'}", str(home / "mlartifacts"))
+    studies = open_studies(derived, Settings(home=home).storage_url, tracker)
     assert (
         work(  # as its launch line says: the seeds side by side in one pack
-            {s.study_name: s for s in studies.values()}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=2
+            {s.study_name: s for s in studies.values()},
+            checkpoint_root=tmp_path / "c",
+            stop=threading.Event(),
+            pack=2,
+            tracker=tracker,
         )
         == 2
     )
@@ -306,6 +344,15 @@ def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_see
         assert r["seed_sd"] == pytest.approx(statistics.stdev(values))
         assert r["seeds_solved"] == sum(v < r["threshold"] for v in values)
     assert (plots / "seeds.png").is_file()
+
+    # The same spread on each study's MLflow parent run, read back through MLflow's own client.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    for r in rows:
+        parent = client.get_run(studies[r["model"]].user_attrs["mlflow_parent_run_id"]).data.metrics
+        assert parent["seed_mean"] == pytest.approx(r["seed_mean"]) and parent["seed_sd"] == pytest.approx(r["seed_sd"])
+        assert (parent["seeds_reached"], parent["seeds_solved"]) == (2, r["seeds_solved"])
 
     md = runner.invoke(app, ["report", str(out), "--out", str(plots)]).stdout
     r = rows[0]

@@ -497,7 +497,8 @@ def render_md(rows: list[ModelRow], spec: StudySpec | None) -> str:
         if r.best_trial is None:
             lines.append(f"- **{r.model}**: no trial reached a value")
             continue
-        lines.append(f"- **{r.model}** (trial {r.best_trial}): {params or '–'}{_spread(r.seed_values)}")
+        params = params or "every hyperparameter fixed by the spec"
+        lines.append(f"- **{r.model}** (trial {r.best_trial}): {params}{_spread(r.seed_values)}")
         if r.reproduce:
             lines.append(f"  `{r.reproduce}`")
     gave_up = [(r.model, g) for r in rows for g in r.gave_up]

@@ -364,6 +364,7 @@ def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_see
     lo, hi = min(r["seed_values"].values()), max(r["seed_values"].values())
     spread = f"{r['seed_mean']:.3g} ± {r['seed_sd']:.2g}"
     assert f"| irnn | 2 | {r['seeds_solved']} | 0 | {spread} | {lo:.4g} | {hi:.4g} | {each} |" in md
+    assert "- **irnn** (trial 0): every hyperparameter fixed by the spec; over 2 seeds: " in md
 
     # the search trained one seed: its report has no seed plot
     search_plots = tmp_path / "search-plots"

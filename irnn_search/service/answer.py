@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from irnn_search.outcome import Outcome
 from irnn_search.search.spec import StudySpec
-from irnn_search.service.attempt import DIVERGED_SEED, VALUE_SEED
+from irnn_search.service.attempt import CURVE_SEED, DIVERGED_SEED, VALUE_SEED
 from irnn_search.service.budget import device_seconds, usage
 from irnn_search.service.recovery import released
 from irnn_search.service.studies import stored_spec
@@ -223,6 +223,7 @@ class Seeds:
 
     values: dict[int, float] = field(default_factory=dict)  # seed -> best validation value
     diverged: dict[int, str] = field(default_factory=dict)  # seed -> why it reached no value
+    curves: dict[int, dict[int, float]] = field(default_factory=dict)  # seed -> step -> value (since stop 16)
 
     @property
     def mean(self) -> float | None:
@@ -239,6 +240,14 @@ class Seeds:
             return None
         return sum(v < threshold for v in self.values.values())
 
+    def solved_at(self, threshold: float | None) -> dict[int, int]:
+        """Each seed's steps to solve: the first reported step below ``threshold``, for the seeds
+        whose curve was recorded and crossed it."""
+        if threshold is None:
+            return {}
+        out = {s: next((step for step, v in sorted(c.items()) if v < threshold), None) for s, c in self.curves.items()}
+        return {s: step for s, step in out.items() if step is not None}
+
 
 def seeds_of(trials: list[FrozenTrial], number: int | None) -> Seeds:
     """The seeds of lineage ``number``, read from all its attempts: a re-queued attempt inherits
@@ -253,13 +262,16 @@ def seeds_of(trials: list[FrozenTrial], number: int | None) -> Seeds:
     def read(lin: Lineage) -> Seeds:
         values: dict[int, float] = {}
         diverged: dict[int, str] = {}
+        curves: dict[int, dict[int, float]] = {}
         for n in lin.trials:
             for k, v in by_number[n].user_attrs.items():
                 if k.startswith(VALUE_SEED):
                     values[int(k.removeprefix(VALUE_SEED))] = float(v)
                 elif k.startswith(DIVERGED_SEED):
                     diverged[int(k.removeprefix(DIVERGED_SEED))] = str(v)
-        return Seeds(dict(sorted(values.items())), dict(sorted(diverged.items())))
+                elif k.startswith(CURVE_SEED):
+                    curves[int(k.removeprefix(CURVE_SEED))] = {int(step): float(value) for step, value in v}
+        return Seeds(dict(sorted(values.items())), dict(sorted(diverged.items())), dict(sorted(curves.items())))
 
     if number is not None:
         return read(next(lin for lin in lins if lin.number == number))
@@ -274,12 +286,15 @@ def summary_metrics(a: Answer, device_hours: float, seeds: Seeds | None = None) 
     out: dict[str, float] = {"trials": float(a.lineages), "device_hours": device_hours}
     if seeds is not None and (seeds.values or seeds.diverged):
         solved = seeds.solved(a.threshold)
+        steps = list(seeds.solved_at(a.threshold).values())
         for key, value in (
             ("seed_mean", seeds.mean),
             ("seed_sd", seeds.sd),
             ("seeds_solved", solved),
             ("seeds_reached", len(seeds.values)),
             ("seeds_diverged", len(seeds.diverged)),
+            ("seed_steps_to_solve_mean", statistics.fmean(steps) if steps else None),
+            ("seed_steps_to_solve_sd", statistics.stdev(steps) if len(steps) >= 2 else None),
         ):
             if value is not None and math.isfinite(float(value)):
                 out[key] = float(value)

@@ -148,6 +148,10 @@ VALUE_SEED = "value_seed"
 #: trial user attr prefix: why one training seed of several diverged (``diverged_seed3``); the
 #: trial goes on with its other seeds
 DIVERGED_SEED = "diverged_seed"
+#: trial user attr prefix, for a trial of several seeds: one seed's validation curve, a list of
+#: ``[step, value]`` (``curve_seed3``), so that the report can say when each seed solved and draw
+#: the curves across seeds (seed 0's is also the trial's intermediate values)
+CURVE_SEED = "curve_seed"
 #: how many recent ``last.pt`` digests a lineage keeps: an upload that lagged behind the newest
 #: checkpoint may still be resumed from
 KEEP_DIGESTS = 3
@@ -465,6 +469,9 @@ class Attempt:
         self.values.append(value)
         trial.set_user_attr(f"best_step_seed{seed}", int(result.best.get("step", 0)))
         trial.set_user_attr(f"{VALUE_SEED}{seed}", float(value))  # the report's spread over seeds
+        if len(spec.seeds) > 1:
+            curve = [[int(h["step"]), float(h[spec.objective])] for h in result.history if spec.objective in h]
+            trial.set_user_attr(f"{CURVE_SEED}{seed}", [p for p in curve if math.isfinite(p[1])])
 
     # -- how it ends ----------------------------------------------------------------------------
     def _record(self, outcome: Outcome, reason: str) -> None:

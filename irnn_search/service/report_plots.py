@@ -259,6 +259,32 @@ def seed_spread(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: P
     return _finish(fig, ax, path)
 
 
+def seed_curves(spec: StudySpec, rows: list[ModelRow], lines: TaskLines, path: Path) -> Path | None:
+    """Each model's best configuration, one thin line per training seed, in the model's colour:
+    how alike the seeds learn, and when each one solved. None unless some model recorded the
+    curves of two seeds or more (multi-seed trials record them since stop 16)."""
+    import matplotlib.pyplot as plt
+
+    drawn = [(i, r) for i, r in enumerate(rows) if len(r.seed_curves) >= 2]
+    if not drawn:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    ys_all: list[float] = []
+    for i, r in drawn:
+        for j, (_seed, curve) in enumerate(sorted(r.seed_curves.items())):
+            steps = sorted(curve)
+            ys = [curve[s] for s in steps]
+            label = f"{r.model} ({len(r.seed_curves)} seeds)" if j == 0 else None
+            ax.plot(steps, ys, color=f"C{i}", lw=1.0, alpha=0.75, label=label)
+            ys_all += [y for y in ys if math.isfinite(y)]
+    _lines(ax, lines)
+    _log_y(ax, ys_all, spec)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(spec.objective)
+    ax.set_title(f"{spec.name}: each model's best configuration, one line per seed", fontsize=9)
+    return _finish(fig, ax, path)
+
+
 def _seed_tick(r: ModelRow) -> str:
     """``irnn\n(5 seeds, 2 diverged)``: a diverged seed has no value to draw, so the tick says it."""
     diverged = f", {len(r.seeds_diverged)} diverged" if r.seeds_diverged else ""
@@ -280,5 +306,6 @@ def plots(spec: StudySpec, storage_url: str, out_dir: Path, rows: list[ModelRow]
         landscapes(spec, studies, lines, out_dir / "landscape.png"),
         importances(spec, studies, out_dir / "importances.png"),
         seed_spread(spec, rows, lines, out_dir / "seeds.png"),
+        seed_curves(spec, rows, lines, out_dir / "seed_curves.png"),
     ]
     return [p for p in written if p is not None]

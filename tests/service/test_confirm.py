@@ -266,6 +266,12 @@ def test_a_requeued_lineage_reports_the_seeds_of_all_its_attempts() -> None:
         "seeds_diverged": 1.0,
     }
     assert "seed_mean" not in summary_metrics(answer(study, CONF_SPEC_FOR_METRICS, None), 0.1)  # one seed: none
+    curved = Seeds({0: 0.1, 1: 0.2}, {}, {0: {10: 0.3, 20: 0.1}, 1: {10: 0.12, 20: 0.2}})
+    assert curved.solved_at(0.15) == {0: 20, 1: 10}
+    metrics = summary_metrics(answer(study, CONF_SPEC_FOR_METRICS, TaskLines(None, 0.15, None)), 0.1, curved)
+    assert (metrics["seed_steps_to_solve_mean"], metrics["seed_steps_to_solve_sd"]) == pytest.approx(
+        (15, 7.0711), rel=1e-4
+    )
 
 
 def test_a_lineage_whose_first_seed_diverged_still_reports_its_other_seeds() -> None:
@@ -297,9 +303,13 @@ def test_the_verdict_across_seeds_counts_the_diverged_ones() -> None:
     row.model, row.objective = "irnn", "val_mse"
     row.seed_values, row.seeds_diverged = {2: 0.001, 3: 0.003, 4: 0.5}, {1: "x", 5: "y"}
     row.seed_mean, row.seed_sd, row.seeds_solved = 0.168, 0.288, 2
+    row.seed_solved_at = {2: 5000, 3: 7000}
     verdict = _seed_verdict(row)
     assert verdict.startswith("irnn solved in 2 of 5 seeds (2 diverged), val MSE 0.168 ± 0.29")
     assert "of the 3 that reached a value" in verdict
+    assert verdict.endswith("; steps to solve 6,000 ± 1,414 (the 2 seeds that solved)")
+    row.seed_solved_at = {2: 5000}
+    assert "steps to solve" not in _seed_verdict(row)  # one crossing has no spread
     row.seed_values, row.seeds_diverged = {}, {1: "x", 2: "y"}
     row.seed_mean, row.seed_sd, row.seeds_solved = None, None, 0
     assert _seed_verdict(row) == "irnn solved in 0 of 2 seeds (2 diverged), no seed reached a value"
@@ -344,6 +354,11 @@ def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_see
         assert r["seed_sd"] == pytest.approx(statistics.stdev(values))
         assert r["seeds_solved"] == sum(v < r["threshold"] for v in values)
     assert (plots / "seeds.png").is_file()
+    for r in rows:  # each seed's curve is recorded, and its best is the seed's value
+        assert sorted(r["seed_curves"]) == ["1", "2"], r["model"]
+        for k, curve in r["seed_curves"].items():
+            assert min(curve.values()) == pytest.approx(r["seed_values"][k])
+    assert (plots / "seed_curves.png").is_file()
 
     # The same spread on each study's MLflow parent run, read back through MLflow's own client.
     from mlflow.tracking import MlflowClient
@@ -360,7 +375,9 @@ def test_the_derived_study_reports_each_model_with_its_spread_over_the_fresh_see
         f"irnn solved in {r['seeds_solved']} of 2 seeds, val MSE {r['seed_mean']:.3g} ± {r['seed_sd']:.2g} "
         "(mean ± sample sd)" in md
     )
-    each = ", ".join(f"{s}: {v:.3g}" for s, v in sorted((int(k), v) for k, v in r["seed_values"].items()))
+    at = {int(k): f" @{v:,}" for k, v in r["seed_solved_at"].items()}
+    values = sorted((int(k), v) for k, v in r["seed_values"].items())
+    each = ", ".join(f"{s}: {v:.3g}{at.get(s, '')}" for s, v in values)
     lo, hi = min(r["seed_values"].values()), max(r["seed_values"].values())
     spread = f"{r['seed_mean']:.3g} ± {r['seed_sd']:.2g}"
     assert f"| irnn | 2 | {r['seeds_solved']} | 0 | {spread} | {lo:.4g} | {hi:.4g} | {each} |" in md

@@ -170,3 +170,32 @@ def test_a_trial_whose_every_seed_diverged_ends_diverged(tmp_path: Path, monkeyp
     (t,) = study.trials
     assert t.state == TrialState.PRUNED and t.user_attrs["outcome"] == "diverged"
     assert t.user_attrs["reason"].startswith("every seed diverged: seed 0: seed 0 blew up")
+
+
+def test_each_seed_records_its_curve_and_when_it_solved(tmp_path: Path) -> None:
+    """A multi-seed trial keeps every seed's validation curve, so the report says when each seed
+    solved (the literature's measure, with an error bar) and draws the seeds' curves."""
+    from irnn_search.service.answer import seeds_of
+
+    spec = tmp_path / "solves.toml"
+    spec.write_text(
+        SPEC.format(steps=400)
+        .replace("T = 10, val_size = 64", "T = 5, val_size = 64")
+        .replace("batch_size = 8", "batch_size = 32")
+        .replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
+        .replace("[models.irnn]\nhidden_size = 8", "[models.lstm]\nhidden_size = 16")
+        .replace("lr = 0.005", "lr = 0.03")
+        .replace("identity_scale = 0.5\n", "")
+    )
+    study = open_studies(load_spec(spec), f"sqlite:///{tmp_path / 'optuna.db'}", None)["lstm"]
+    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=2)
+    (t,) = study.trials
+    seeds = seeds_of(study.trials, t.number)
+    assert sorted(seeds.curves) == [0, 1] and all(len(c) == 40 for c in seeds.curves.values())
+    assert seeds.curves[0] == pytest.approx(t.intermediate_values), "seed 0's curve is the trial's reports"
+    for s, curve in seeds.curves.items():
+        assert min(curve.values()) == pytest.approx(t.user_attrs[f"value_seed{s}"])
+    solved_at = seeds.solved_at(0.01)
+    assert solved_at, "an LSTM at T = 5 solves within 400 steps: the crossing is measured, not absent"
+    for s, step in solved_at.items():
+        assert seeds.curves[s][step] < 0.01 and all(v >= 0.01 for k, v in seeds.curves[s].items() if k < step)

@@ -20,13 +20,11 @@ import time
 
 import torch
 
-from irnn_search.run import prepare_run
-from irnn_search.search.space import build_train_config, params_to_kwargs
 from irnn_search.search.validate import load_spec
 from irnn_search.service.answer import lineages, lines_for
 from irnn_search.service.report import spec_studies
+from irnn_search.service.rerun import rerun_alone
 from irnn_search.settings import Settings
-from irnn_search.train import train
 
 
 def main() -> int:
@@ -58,18 +56,8 @@ def main() -> int:
     rows = []
     try:
         for key, lin in sample:
-            model = spec.model(key)
-            train_kwargs, model_options = params_to_kwargs(model, lin.params)
-            run = prepare_run(
-                task=spec.task,
-                task_options=spec.task_options,
-                model=model.family,
-                model_options=model_options,
-                config=build_train_config(spec, train_kwargs, seed=spec.seeds[0]),
-                batch_size=spec.batch_size,
-            )
             started = time.perf_counter()
-            result = train(run.model, run.task, run.config)
+            result = rerun_alone(spec, key, lin.params)
             curve = {int(h["step"]): h[spec.objective] for h in result.history}
             solved_at = next((s for s in sorted(curve) if lines.threshold and curve[s] < lines.threshold), None)
             ended_at = max(lin.curve) if lin.curve else 0

@@ -21,7 +21,7 @@ import time
 import torch
 
 from irnn_search.search.validate import load_spec
-from irnn_search.service.answer import lineages, lines_for
+from irnn_search.service.answer import first_below, lineages, lines_for
 from irnn_search.service.report import spec_studies
 from irnn_search.service.rerun import rerun_alone
 from irnn_search.settings import Settings
@@ -59,7 +59,7 @@ def main() -> int:
             started = time.perf_counter()
             result = rerun_alone(spec, key, lin.params)
             curve = {int(h["step"]): h[spec.objective] for h in result.history}
-            solved_at = next((s for s in sorted(curve) if lines.threshold and curve[s] < lines.threshold), None)
+            solved_at = first_below(curve, lines.threshold)
             ended_at = max(lin.curve) if lin.curve else 0
             rows.append({
                 "model": key, "trial": lin.number, "ended": lin.ended, "at_step": ended_at,

@@ -22,7 +22,7 @@ import time
 import torch
 
 from irnn_search.search.validate import load_spec
-from irnn_search.service.answer import answer, lines_for, seeds_of
+from irnn_search.service.answer import answer, first_below, lines_for, seeds_of
 from irnn_search.service.report import spec_studies
 from irnn_search.service.rerun import rerun_alone
 from irnn_search.settings import Settings
@@ -61,13 +61,12 @@ def main() -> int:
             result = rerun_alone(spec, key, a.best_params)
             alone = result.best.get(spec.objective)
             curve = {int(h["step"]): h[spec.objective] for h in result.history if spec.objective in h}
-            th = lines.threshold
             fresh = spread.get(key, [])
             rows.append({
                 "model": key, "trial": a.best_trial, "study_value": a.best_value, "alone_value": alone,
                 "ratio": None if not alone else alone / a.best_value,
                 "study_solved_at": a.steps_to_solve,
-                "alone_solved_at": next((s for s in sorted(curve) if th is not None and curve[s] < th), None),
+                "alone_solved_at": first_below(curve, lines.threshold),
                 "seeds_min": min(fresh, default=None), "seeds_max": max(fresh, default=None), "seeds": len(fresh),
                 "inside": None if not fresh or alone is None else min(fresh) <= alone <= max(fresh),
                 "minutes": (time.perf_counter() - started) / 60,

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 
-from irnn_search.search.space import answer_lines, plateau_grace
+import optuna
+
+from irnn_search.search.space import AnswerKeepingPruner, answer_lines, plateau_grace
 from irnn_search.search.validate import load_spec
 from irnn_search.service.answer import lineages
 from irnn_search.service.report import spec_studies
@@ -38,16 +40,18 @@ def main() -> int:
     if baseline is None:
         print(f"{spec.name}: the objective has no memoryless baseline, so no plateau to replay")
         return 0
-    plateau, ceiling, grace = 0.9 * baseline, 2.0 * baseline, plateau_grace(spec)
+    # today's rule's lines (its plateau, its ceiling, its grace), from the rule itself
+    rule = AnswerKeepingPruner(optuna.pruners.NopPruner(), threshold=threshold, baseline=baseline,
+                               grace=plateau_grace(spec))  # fmt: skip
+    assert rule.plateau is not None and rule.ceiling is not None
+    plateau, ceiling, grace = rule.plateau, rule.ceiling, rule.grace
     print(f"{spec.name}: {spec.steps:,} steps, plateau_grace {grace:,}, plateau below {plateau:.4g}\n")
     print("| model | pruned | on the plateau | kept: before grace | kept: after a long plateau (at most) "
           "| extra steps (at most) | steps trained |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
     for study in spec_studies(spec, Settings.from_env().storage_url).values():
         lins = lineages(study.get_trials(deepcopy=False))
-        exits = {
-            lin.number: min((s for s, v in lin.curve.items() if v < plateau), default=None) for lin in lins
-        }  # fmt: skip
+        exits = {lin.number: rule.plateau_exit(lin.curve) for lin in lins}
         trained = sum(max(lin.curve, default=0) for lin in lins)
         pruned = on_plateau = by_grace = by_exit = extra = 0
         for lin in lins:

@@ -54,6 +54,14 @@ def task_lines(spec: StudySpec) -> TaskLines:
     return TaskLines(baseline, th.value, th.rule)
 
 
+def first_below(curve: dict[int, float], threshold: float | None) -> int | None:
+    """The first step of ``curve`` (step -> value) whose value is below ``threshold``: when a run
+    solved (None without a threshold, or where it never was below)."""
+    if threshold is None:
+        return None
+    return next((step for step in sorted(curve) if curve[step] < threshold), None)
+
+
 @dataclass
 class Lineage:
     """One configuration's whole run: its first trial and the re-queued attempts that resumed it."""
@@ -81,12 +89,7 @@ class Lineage:
 
     def solved_at(self, threshold: float | None) -> int | None:
         """The first reported step below ``threshold``."""
-        if threshold is None:
-            return None
-        for s in sorted(self.curve):
-            if self.curve[s] < threshold:
-                return s
-        return None
+        return first_below(self.curve, threshold)
 
 
 def lineages(trials: list[FrozenTrial]) -> list[Lineage]:
@@ -243,9 +246,7 @@ class Seeds:
     def solved_at(self, threshold: float | None) -> dict[int, int]:
         """Each seed's steps to solve: the first reported step below ``threshold``, for the seeds
         whose curve was recorded and crossed it."""
-        if threshold is None:
-            return {}
-        out = {s: next((step for step, v in sorted(c.items()) if v < threshold), None) for s, c in self.curves.items()}
+        out = {s: first_below(c, threshold) for s, c in self.curves.items()}
         return {s: step for s, step in out.items() if step is not None}
 
 

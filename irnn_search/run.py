@@ -56,23 +56,72 @@ def execute(
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     test: bool = False,
+    packed: bool = False,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train, optionally evaluate on the test split, and return the result and its JSON summary."""
+    """Train, optionally evaluate on the test split, and return the result and its JSON summary.
+
+    ``packed``: train through the packed path (``irnn_search.packed``) as a pack of one, as a
+    worker with ``--pack`` trains a trial. A packed member's arithmetic does not depend on its pack
+    (on CPU, bit for bit, whatever the pack's size and other members; the hand-written backward
+    adds in another order than autograd), so this retraces a packed trial exactly, where
+    ``train()`` retraces it only to float rounding, which a chaotic run amplifies. Raises
+    ``PackError`` where the model or task cannot be packed (``why_not_packable``)."""
     started = time.perf_counter()
-    result = train(
-        run.model,
-        run.task,
-        run.config,
-        report=report,
-        progress=progress,
-        stop=stop,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-    )
+    if packed:
+        result = _train_packed_alone(run, report, progress, stop, checkpoint_dir, resume)
+    else:
+        result = train(
+            run.model,
+            run.task,
+            run.config,
+            report=report,
+            progress=progress,
+            stop=stop,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+        )
     summary = summarize(run, result, wall_s=time.perf_counter() - started)
     if test and result.outcome == Outcome.COMPLETED:
         summary["test"] = evaluate(run.model, run.task, "test")
     return result, summary
+
+
+def _train_packed_alone(
+    run: Run,
+    report: ReportHook | None,
+    progress: ProgressHook | None,
+    stop: threading.Event | None,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+) -> TrainResult:
+    """The run as a packed member. Torch takes other kernels for a batch of one, so the member
+    trains beside a silent twin (a copy of its model, no hooks, no checkpoints, its result
+    dropped): from two members on, each member's arithmetic is the same whatever the pack
+    (``irnn_search.packed.families.never_alone``). The twin stops when the member leaves."""
+    import copy
+
+    from irnn_search.packed import Member, PackError, train_packed, why_not_packable
+
+    why = why_not_packable(run.model, run.task)
+    if why is not None:
+        raise PackError(why)
+    member = Member(
+        run.model, run.task, run.config, report=report, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume
+    )
+    twin = Member(copy.deepcopy(run.model), run.task, run.config, name="twin")
+    stop = stop if stop is not None else threading.Event()
+    ended: list[Any] = []
+
+    def left(res: Any) -> None:
+        if res.member is member:
+            ended.append(res)
+            stop.set()  # the twin's only purpose is over
+
+    train_packed([member, twin], stop=stop, on_result=left)
+    (done,) = ended
+    if done.error is not None:
+        raise done.error
+    return done.result
 
 
 def summarize(run: Run, result: TrainResult, *, wall_s: float) -> dict[str, Any]:

@@ -6,8 +6,11 @@ to their full length and count how many would have solved.
         adding-irnn-identity --trials 4,9
 
 Each re-run is the trial's reproduce line (same hyperparameters, seed, steps, batch size), trained
-with ``irnn_search.train`` on one thread. Prints a Markdown table and, with ``--json FILE``, the
-rows. Ctrl-C stops after the current re-run and still prints what it has.
+on one thread; a trial that trained in a pack re-runs as a pack of one (``--packed``), which
+retraces it bit for bit on CPU up to where it was pruned ("retraced": the largest relative
+difference from the trial's own curve until then, 0 for an exact retrace). Prints a Markdown table
+and, with ``--json FILE``, the rows. Ctrl-C stops after the current re-run and still prints what
+it has.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from irnn_search.search.validate import load_spec
 from irnn_search.service.answer import first_below, lineages, lines_for
 from irnn_search.service.report import spec_studies
-from irnn_search.service.rerun import rerun_alone
+from irnn_search.service.rerun import curve_deviation, rerun_alone
 from irnn_search.settings import Settings
 
 
@@ -57,14 +60,16 @@ def main() -> int:
     try:
         for key, lin in sample:
             started = time.perf_counter()
-            result = rerun_alone(spec, key, lin.params)
+            result = rerun_alone(spec, key, lin.params, packed=lin.packed)
             curve = {int(h["step"]): h[spec.objective] for h in result.history}
+            deviation = curve_deviation(curve, lin.curve)  # 0.0: the re-run retraced the trial to its end
             solved_at = first_below(curve, lines.threshold)
             ended_at = max(lin.curve) if lin.curve else 0
             rows.append({
                 "model": key, "trial": lin.number, "ended": lin.ended, "at_step": ended_at,
                 "value_then": lin.curve.get(ended_at), "full_best": result.best.get(spec.objective),
-                "full_outcome": result.outcome, "solved_at": solved_at, "minutes": (time.perf_counter() - started) / 60,
+                "full_outcome": result.outcome, "solved_at": solved_at, "packed": lin.packed,
+                "curve_deviation_until_then": deviation, "minutes": (time.perf_counter() - started) / 60,
             })  # fmt: skip
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -73,13 +78,15 @@ def main() -> int:
     print(
         f"Of {len(rows)} re-run pruned/diverged trials ({len(candidates)} in the study), {solved} would have solved.\n"
     )
-    print("| model | trial | ended | at step | value then | full-length best | full run | solved at |")
-    print("|---|---:|---|---:|---:|---:|---|---:|")
+    print("| model | trial | ended | at step | value then | full-length best | full run | solved at | retraced |")
+    print("|---|---:|---|---:|---:|---:|---|---:|---:|")
     for r in rows:
         then = "–" if r["value_then"] is None else f"{r['value_then']:.4g}"
         best = "–" if r["full_best"] is None else f"{r['full_best']:.4g}"
+        dev = r["curve_deviation_until_then"]
         print(f"| {r['model']} | {r['trial']} | {r['ended']} | {r['at_step']:,} | {then} | {best} | "
-              f"{r['full_outcome']} | {r['solved_at'] if r['solved_at'] is not None else '–'} |")  # fmt: skip
+              f"{r['full_outcome']} | {r['solved_at'] if r['solved_at'] is not None else '–'} | "
+              f"{'–' if dev is None else format(dev, '.2g')} |")  # fmt: skip
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

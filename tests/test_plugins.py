@@ -116,6 +116,17 @@ def test_train_runs_a_plugin_family_on_a_plugin_task() -> None:
 
 
 @pytest.mark.usefixtures("plugin")
+def test_train_packed_refuses_a_family_without_a_packed_form_in_one_line() -> None:
+    args = ["train", "--task", "recall", "--model", "gru", "-t", "T=5", "--hidden", "8", "--steps", "20", "--packed"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--packed" in errors[0] and "'gru' has no packed implementation" in errors[0]
+    assert "drop --packed" in result.output
+
+
+@pytest.mark.usefixtures("plugin")
 def test_workers_train_and_report_them_and_an_unpacked_family_trains_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

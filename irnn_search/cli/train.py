@@ -149,11 +149,14 @@ class _Display:
         )
 
 
-def _execute(run: Run, *, checkpoint_dir: str | None, resume: bool, test: bool) -> tuple[TrainResult, dict[str, Any]]:
+def _execute(
+    run: Run, *, checkpoint_dir: str | None, resume: bool, test: bool, packed: bool
+) -> tuple[TrainResult, dict[str, Any]]:
     """Train with the progress bar on stderr. First Ctrl-C (or SIGTERM): finish the current step,
     checkpoint, stop. Second Ctrl-C: abort."""
     import threading
 
+    from irnn_search.packed import PackError
     from irnn_search.run import execute
     from irnn_search.tasks import TaskError
     from irnn_search.train import TrainError
@@ -178,7 +181,10 @@ def _execute(run: Run, *, checkpoint_dir: str | None, resume: bool, test: bool) 
                 checkpoint_dir=checkpoint_dir,
                 resume=resume,
                 test=test,
+                packed=packed,
             )
+    except PackError as exc:
+        raise _fail(f"--packed: {exc}", "drop --packed to train it with the ordinary loop") from None
     except (TaskError, TrainError) as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -283,6 +289,13 @@ def train_cmd(
     ] = None,
     resume: Annotated[bool, typer.Option(help="resume from checkpoint-dir/last.pt if present")] = True,
     test: Annotated[bool, typer.Option(help="evaluate the final model on the test split too")] = False,
+    packed: Annotated[
+        bool,
+        typer.Option(
+            help="train through the packed path (a pack of one), as `worker --pack` trains a trial: "
+            "retraces a packed trial bit for bit on CPU, where the ordinary loop adds in another order"
+        ),
+    ] = False,
     plot: Annotated[str | None, typer.Option(help="write the learning curve to this PNG")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
 ) -> None:
@@ -335,6 +348,6 @@ def train_cmd(
     except (TaskError, ModelError, TrainError, OptionError) as exc:
         raise _fail(str(exc)) from None
 
-    result, summary = _execute(run, checkpoint_dir=checkpoint_dir, resume=resume, test=test)
+    result, summary = _execute(run, checkpoint_dir=checkpoint_dir, resume=resume, test=test, packed=packed)
     _show(run, result, summary, plot=plot, as_json=as_json)
     _exit_for(result)

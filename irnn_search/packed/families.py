@@ -17,9 +17,10 @@ instead of one small ``bmm`` per step (for expRNN and Cayley autograd then carri
 the matrix map, once per forward). It sums in another order, so members match ``train()`` to
 float rounding (tests: 1e-5 relative). With ``fused_backward=False`` autograd differentiates the
 step-by-step loop, and on CPU the packed updates and gradients are then bit-identical to
-``train()``'s for the Elman and orthogonal families; the LSTM alone runs oneDNN's fused kernel,
-which sums in another order, so there the match is to rounding (bit-identical against ATen's own
-LSTM).
+``train()``'s for the Elman and orthogonal families (for a matrix exponential, where its norm is
+above 3.01: below it a lone matrix takes another Taylor degree, see ``never_alone``); the LSTM
+alone runs oneDNN's fused kernel, which sums in another order, so there the match is to rounding
+(bit-identical against ATen's own LSTM).
 
 Members with different hidden sizes go to different packs (bucketing, ``pack_key``): measured on
 the 2-core CI machine, two packs of 8 (hidden 64 and 128) ran 91.7 model-steps/s against 68.3 for
@@ -36,6 +37,13 @@ Every family of the zoo packs. What goes beyond parameters has its own packed co
 - **work after the optimizer step** (``PackedFamily.after_step``, dtriv's rebase every K steps
   and projection onto O(n) every M rebases) runs for exactly the members whose update was applied,
   each on its own step count.
+
+A member's arithmetic does not depend on who else is in its pack: on CPU its values and gradients
+are the same, bit for bit, in any pack of two or more. A batch of one takes other torch kernels
+(a batched matrix-vector product becomes a gemv; ``matrix_exp`` picks a lower Taylor degree for a
+small norm), so what the pack computes for a subset of its members (dtriv's rebases, the members
+due for evaluation) is computed as for two (``never_alone``), and ``irnn-search train --packed``
+trains its run beside a silent twin: it retraces any trial that trained in a pack of two or more.
 
 Not packed (``irnn_search.packed.model.why_not_packable`` says why, and the member trains alone):
 token tasks (embeddings, state carried between batches), and any model with a parameter or buffer a
@@ -68,6 +76,29 @@ if TYPE_CHECKING:  # the pack runs the families; a family's after_step is handed
 
 Tensor = torch.Tensor
 Params = Mapping[str, Tensor]
+
+
+def never_alone(fn: Callable[[Tensor], Any], X: Tensor) -> Any:
+    """``fn`` of a stack [K, ...] computed as torch computes a stack of several: a lone member
+    (K = 1) is computed beside a copy of itself. Torch takes other kernels for a batch of one
+    (``matrix_exp`` picks its Taylor degree from the norm instead of its highest degree for every
+    matrix; a batched matrix-vector product becomes a gemv), so a member alone would get other
+    digits than in a pack; from K = 2 on, each member's result is independent of K and of the
+    others (``tests/packed/test_independence.py``). Results of ``fn`` are tensors or tuples of
+    them, each with the leading K axis."""
+    if X.shape[0] != 1:
+        return fn(X)
+    out = fn(torch.cat([X, X]))
+    return tuple(t[:1] for t in out) if isinstance(out, tuple) else out[:1]
+
+
+def expm(S: Tensor) -> Tensor:
+    """Each member's ``matrix_exp`` [K, H, H], the same whatever the pack (``never_alone``): a
+    copy200 expRNN trial whose skew norm fell below 3.01 (where a lone matrix takes a lower
+    Taylor degree) left its study's curve at step 2,800 when re-run as a pack of one."""
+    return never_alone(torch.linalg.matrix_exp, S)
+
+
 Recurrence = Callable[[Params, Tensor, tuple[Any, ...]], tuple[Tensor, State]]
 #: A recurrence with a hand-written backward; the workspace is the pack's, for buffer reuse.
 FusedRecurrence = Callable[[Params, Tensor, tuple[Any, ...], Workspace], tuple[Tensor, State]]
@@ -250,7 +281,7 @@ def _orth_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
     """Every member's orthogonal recurrent matrix [K, H, H], built once per forward for all K and
     reused by every step (as the single models do)."""
     S = skew(p["skew"])  # [K, H, H]: the strict upper triangle of each member's raw parameter
-    return torch.linalg.matrix_exp(S) if variant[0] == "exp" else cayley_map(S)
+    return expm(S) if variant[0] == "exp" else cayley_map(S)
 
 
 def _orth_variant(model: RecurrentModel) -> tuple[Any, ...]:
@@ -306,7 +337,7 @@ def _dtriv_buffers(model: RecurrentModel) -> dict[str, Tensor]:
 
 
 def _dtriv_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
-    return p["base"] @ torch.linalg.matrix_exp(skew(p["skew"]))
+    return p["base"] @ expm(skew(p["skew"]))
 
 
 def _dtriv_after_step(model: PackedModel, stepped: list[int]) -> None:
@@ -325,14 +356,14 @@ def _dtriv_after_step(model: PackedModel, stepped: list[int]) -> None:
         if due.numel() == 0:
             return
         raw = model.params["skew"].detach()
-        moved = b["base"].index_select(0, due) @ torch.linalg.matrix_exp(skew(raw.index_select(0, due)))
+        moved = b["base"].index_select(0, due) @ expm(skew(raw.index_select(0, due)))
         b["base"].index_copy_(0, due, moved)
         raw.index_fill_(0, due, 0.0)
         b["steps"].index_fill_(0, due, 0)
         b["rebases"].index_add_(0, due, torch.ones_like(due))
         project = due[b["rebases"].index_select(0, due) >= b["project_every"].index_select(0, due)]
         if project.numel():
-            U, _, Vh = torch.linalg.svd(b["base"].index_select(0, project))
+            U, _, Vh = never_alone(torch.linalg.svd, b["base"].index_select(0, project))
             b["base"].index_copy_(0, project, U @ Vh)
             b["rebases"].index_fill_(0, project, 0)
 
@@ -367,7 +398,7 @@ def _rotation_blocks(alpha: Tensor, theta: Tensor) -> Tensor:
 
 
 def _nnrnn_matrix(p: Params, variant: tuple[Any, ...]) -> Tensor:
-    P = torch.linalg.matrix_exp(skew(p["skew"]))
+    P = expm(skew(p["skew"]))
     rec = P @ (_rotation_blocks(p["alpha"], p["theta"]) + p["T"].triu(1)) @ P.mT
     return rec.mT  # the model applies h @ rec: in column form that is rec transposed
 
@@ -418,7 +449,7 @@ def _asrnn_buffers(model: RecurrentModel) -> dict[str, Tensor]:
 
 def _asrnn_maps(p: Params, variant: tuple[Any, ...]) -> tuple[Tensor, Tensor, Tensor]:
     """``Wf_t``, ``Wf_inv_t`` and ``R_t`` of ``ASRNN.recurrence`` for every member ([K, H, H])."""
-    orth = torch.linalg.matrix_exp if variant[0] == "exprnn" else cayley_map
+    orth = expm if variant[0] == "exprnn" else cayley_map
     W_hh, U_f = orth(skew(p["skew"])), orth(skew(p["skew_f"]))
     d = p["S"].abs() + p["eps"].unsqueeze(1)  # [K, H]
     Wf_t = d.unsqueeze(2) * U_f.mT

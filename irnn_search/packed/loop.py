@@ -292,7 +292,9 @@ class _Pack:
     @torch.no_grad()
     def evaluate(self, due: list[int]) -> dict[int, dict[str, float]]:
         """Validation metrics of the members ``due``, as ``irnn_search.train.evaluate`` computes
-        them: members with the same task options run packed over their own (identical) batches."""
+        them: members with the same task options run packed over their own (identical) batches. A
+        lone member is evaluated beside a copy of itself, so its metrics do not depend on who else
+        was due (``families.never_alone``)."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         for k in due:
             task = self.runs[k].member.task
@@ -303,9 +305,14 @@ class _Pack:
             params = self.model.select(index)
             tasks = [self.runs[k].member.task for k in members]
             totals: list[dict[str, float]] = [{} for _ in members]
+            if len(members) == 1:  # never a batch of one: see families.never_alone
+                params = self.model.select(index.repeat(2))
             for batches in zip(*(t.eval_batches("val") for t in tasks), strict=True):
                 moved: list[Batch] = [_to(b, self.device) for b in batches]
-                out, _ = self.model.forward(torch.stack([b.x for b in moved]), self.readout, params)
+                x = torch.stack([b.x for b in moved])
+                out, _ = self.model.forward(
+                    x if len(members) > 1 else x.repeat(2, *[1] * (x.dim() - 1)), self.readout, params
+                )
                 for j, (task, b) in enumerate(zip(tasks, moved, strict=True)):
                     for key, value in task.stats(out[j], b).items():
                         totals[j][key] = totals[j].get(key, 0.0) + value

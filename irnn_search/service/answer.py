@@ -22,6 +22,7 @@ from irnn_search.search.spec import StudySpec
 from irnn_search.service.attempt import CURVE_SEED, DIVERGED_SEED, VALUE_SEED
 from irnn_search.service.budget import device_seconds, usage
 from irnn_search.service.recovery import released
+from irnn_search.service.storage import PACK_SLOTS
 from irnn_search.service.studies import stored_spec
 
 #: how a lineage ended when its trial recorded no outcome, in the words the report prints
@@ -76,6 +77,7 @@ class Lineage:
     final: float | None = None  # a complete trial's value
     device_s: float = 0.0
     trials: list[int] = field(default_factory=list)  # every attempt's trial number
+    packed: bool = False  # an attempt trained in a pack (``worker --pack``): re-run it with --packed
 
     def best(self, direction: str) -> tuple[float | None, int | None]:
         """The best value reached and the step it was reached at (None while nothing reported)."""
@@ -113,6 +115,7 @@ def lineages(trials: list[FrozenTrial]) -> list[Lineage]:
         lin.trials.append(t.number)
         lin.curve.update({int(s): float(v) for s, v in t.intermediate_values.items()})
         lin.device_s += device_seconds(t)
+        lin.packed = lin.packed or PACK_SLOTS in t.user_attrs
         if t.state == TrialState.COMPLETE and t.value is not None:
             lin.final = float(t.value)
         # The latest attempt says how the lineage stands.
@@ -148,6 +151,7 @@ class Answer:
     best_step: int | None
     best_trial: int | None  # lineage id (its first trial's number)
     best_params: dict[str, Any]
+    best_packed: bool  # the best trial trained in a pack: its reproduce line takes --packed
     best_ended: str | None
     best_source: str | None
     endings: dict[str, int]  # how the lineages ended: complete / pruned / diverged / ...
@@ -208,6 +212,7 @@ def answer(study: optuna.Study, spec: StudySpec, lines: TaskLines | None = None)
         best_step=best_s,
         best_trial=best.number if best else None,
         best_params=dict(best.params) if best else {},
+        best_packed=best.packed if best else False,
         best_ended=best.ended if best else None,
         best_source=best.source if best else None,
         endings=endings,
@@ -318,10 +323,14 @@ def _num(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)  # repr: the shortest string that round-trips
 
 
-def reproduce_command(spec: StudySpec, model_key: str, params: dict[str, Any], *, seed: int | None = None) -> str:
+def reproduce_command(
+    spec: StudySpec, model_key: str, params: dict[str, Any], *, seed: int | None = None, packed: bool = False
+) -> str:
     """The ``irnn-search train`` command that re-runs one trial alone: the same task, model,
     hyperparameters, steps, batch size, evaluation interval and seed (batches are a pure function
-    of the seed and step, and initialisation of the seed, so it retraces the trial)."""
+    of the seed and step, and initialisation of the seed, so it retraces the trial). ``packed``:
+    the trial trained in a pack, so the command trains through the packed path (``--packed``),
+    which retraces it bit for bit on CPU; the ordinary loop adds in another order."""
     from irnn_search.search.space import params_to_kwargs
 
     model = spec.model(model_key)
@@ -344,6 +353,8 @@ def reproduce_command(spec: StudySpec, model_key: str, params: dict[str, Any], *
         f"--eval-every {spec.report_every}",
         f"--seed {spec.seeds[0] if seed is None else seed}",
     ]
+    if packed:
+        parts.append("--packed")
     return " ".join(parts)
 
 

@@ -123,7 +123,7 @@ def model_row(study: optuna.Study, lines: TaskLines | None = None) -> ModelRow:
     reproduce = None
     if a.best_trial is not None:
         try:
-            reproduce = reproduce_command(spec, key, a.best_params)
+            reproduce = reproduce_command(spec, key, a.best_params, packed=a.best_packed)
         except SpecError:
             reproduce = None
     return ModelRow(

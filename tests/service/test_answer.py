@@ -116,6 +116,16 @@ def test_the_reproduce_line_carries_every_setting_of_the_trial() -> None:
         assert part in cmd
 
 
+def test_a_trial_trained_in_a_pack_gets_a_packed_reproduce_line() -> None:
+    params = {"lr": 1e-3, "clip": 1.0, "identity_scale": 1.0}
+    assert "--packed" not in reproduce_command(SPEC, "irnn", params)
+    assert reproduce_command(SPEC, "irnn", params, packed=True).endswith(" --seed 0 --packed")
+    alone = _trial(TrialState.COMPLETE, {100: 0.16, 200: 0.0002}, 1e-3)
+    assert answer(_study(alone), SPEC).best_packed is False
+    packed = _trial(TrialState.COMPLETE, {100: 0.16, 200: 0.0002}, 1e-3, pack_slots=4)
+    assert answer(_study(packed), SPEC).best_packed is True
+
+
 def test_the_best_attempt_to_evaluate_skips_a_requeued_copy_still_waiting() -> None:
     # After a Ctrl-C the best lineage's latest trial is its re-queued copy, WAITING, whose params
     # Optuna leaves empty: the report's test evaluation crashed on it ("no optimizer").

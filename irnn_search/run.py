@@ -94,12 +94,8 @@ def _train_packed_alone(
     checkpoint_dir: str | Path | None,
     resume: bool,
 ) -> TrainResult:
-    """The run as a packed member. Torch takes other kernels for a batch of one, so the member
-    trains beside a silent twin (a copy of its model, no hooks, no checkpoints, its result
-    dropped): from two members on, each member's arithmetic is the same whatever the pack
-    (``irnn_search.packed.families.never_alone``). The twin stops when the member leaves."""
-    import copy
-
+    """The run as the one member of a pack (which steps it beside a silent twin, as it steps any
+    lone member: ``irnn_search.packed.loop._Pack``)."""
     from irnn_search.packed import Member, PackError, train_packed, why_not_packable
 
     why = why_not_packable(run.model, run.task)
@@ -108,17 +104,7 @@ def _train_packed_alone(
     member = Member(
         run.model, run.task, run.config, report=report, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume
     )
-    twin = Member(copy.deepcopy(run.model), run.task, run.config, name="twin")
-    stop = stop if stop is not None else threading.Event()
-    ended: list[Any] = []
-
-    def left(res: Any) -> None:
-        if res.member is member:
-            ended.append(res)
-            stop.set()  # the twin's only purpose is over
-
-    train_packed([member, twin], stop=stop, on_result=left)
-    (done,) = ended
+    (done,) = train_packed([member], stop=stop)
     if done.error is not None:
         raise done.error
     return done.result

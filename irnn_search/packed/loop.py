@@ -26,6 +26,7 @@ Differences from ``train()``, by design:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -201,17 +202,24 @@ class _Pack:
     membership changes is rebuilt from its members (a copy of the parameters: cheap next to a step).
     """
 
-    def __init__(self, runs: list[_Run], fused_backward: bool = True) -> None:
+    def __init__(self, runs: list[_Run], fused_backward: bool = True, twin: bool = True) -> None:
         self.runs = runs
         first = runs[0].member
         self.device = torch.device(first.config.device)
         self.readout = first.task.readout
-        self.model = PackedModel([r.member.model for r in runs], self.device, fused_backward)
-        self.optim = PackedOptimizer(
-            self.model.params, [(r.optimizer, dict(ordered_params(r.member.model))) for r in runs]
-        )
+        slots = [(r.member.model, r.optimizer) for r in runs]
+        # A lone member steps beside a twin (a copy of its model and optimizer, fed its batches and
+        # never written back), so the pack never runs a batch of one: torch takes other kernels
+        # for one (families.never_alone), and a member's digits would depend on whether it was
+        # alone in its pack. From two on they depend on nothing but the member.
+        self.twin = twin and len(runs) == 1
+        if self.twin:
+            slots.append(copy.deepcopy(slots[0]))
+        self.width = len(slots)  # members + twin: the stacked tensors' leading size
+        self.model = PackedModel([m for m, _ in slots], self.device, fused_backward)
+        self.optim = PackedOptimizer(self.model.params, [(o, dict(ordered_params(m))) for m, o in slots])
         clip = [r.member.config.clip if r.member.config.clip else math.inf for r in runs]
-        self.clip = torch.tensor(clip, dtype=torch.float32, device=self.device)
+        self.clip = torch.tensor(clip + clip[:1] * self.twin, dtype=torch.float32, device=self.device)
 
     def sync(self, k: int) -> None:
         """Write member ``k``'s parameters and optimizer state back into its own objects."""
@@ -219,12 +227,15 @@ class _Pack:
         self.optim.export(k)
 
     def _forward_backward(self) -> tuple[torch.Tensor, State]:
-        """Every member's batch, loss and gradients; returns the losses [K] and the final state."""
+        """Every member's batch, loss and gradients; returns the losses [width] (members, then the
+        twin) and the final state."""
         runs = self.runs
         batches = [_to(r.member.task.train_batch(r.step), self.device) for r in runs]
-        x = torch.stack([b.x for b in batches])
+        fed = [*batches, *batches[:1] * self.twin]  # the twin takes its member's batch
+        x = torch.stack([b.x for b in fed])
         out, new_state = self.model.forward(x, self.readout)
-        losses = torch.stack([r.member.task.loss(out[k], batches[k]) for k, r in enumerate(runs)])
+        tasks = [r.member.task for r in runs] + [runs[0].member.task] * self.twin
+        losses = torch.stack([task.loss(out[k], fed[k]) for k, task in enumerate(tasks)])
         penalty = self.model.penalty()  # per member, added to its loss as train() adds it
         # Members share no parameters: each slice gets its own gradient.
         (losses.sum() if penalty is None else (losses + penalty).sum()).backward()
@@ -234,7 +245,7 @@ class _Pack:
         """One optimizer step for every member; returns {index: reason} for members that diverged
         (their update was not applied)."""
         t0 = time.perf_counter()
-        runs, K = self.runs, len(self.runs)
+        runs, K = self.runs, len(self.runs)  # the members; the tensors have self.width rows
         params = [self.model.params[n] for n in self.model.names]
         for p in params:
             p.grad = None
@@ -256,7 +267,7 @@ class _Pack:
         grads = [p.grad for p in params if p.grad is not None]
         with torch.no_grad():
             norms = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.reshape(K, -1), dim=1) for g in grads]), dim=0
+                torch.stack([torch.linalg.vector_norm(g.reshape(self.width, -1), dim=1) for g in grads]), dim=0
             )
             coef = torch.clamp(self.clip / (norms + 1e-6), max=1.0)
             for g in grads:
@@ -269,11 +280,12 @@ class _Pack:
             why = divergence(r.member.config, loss_v[k], norm_v[k], hidden_v[k], r.step + 1)
             if why is not None:
                 bad[k] = why
-        self.optim.step(skip=bad)
-        self.model.after_step([k for k in range(K) if k not in bad])  # as train() calls model.after_step()
+        skip = set(bad) | ({K} if self.twin and bad else set())  # the twin mirrors its member
+        self.optim.step(skip=skip)
+        self.model.after_step([k for k in range(self.width) if k not in skip])  # as train() calls model.after_step()
         for p in params:
             p.grad = None
-        share = (time.perf_counter() - t0) / K
+        share = (time.perf_counter() - t0) / K  # a twin's compute is its member's
 
         for k, r in enumerate(runs):
             if k in bad:
@@ -383,6 +395,16 @@ class PackedTrainer:
         if pack.device.type == "cuda":
             torch.cuda.empty_cache()
         runs = self._release(pack)
+        if pack.twin:
+            log.warning(
+                "%s and its twin ran out of %s memory (%s); it goes on alone, where torch's kernels for "
+                "a batch of one may round otherwise than in a pack",
+                runs[0].label,
+                pack.device,
+                why,
+            )
+            self.packs[where] = _Pack(runs, self.fused_backward, twin=False)
+            return None
         if len(runs) == 1:
             (run,) = runs
             log.warning("%s does not fit in %s memory even alone: %s", run.label, pack.device, why)

@@ -76,3 +76,18 @@ def test_expm_of_a_lone_matrix_equals_its_value_in_any_stack() -> None:
     # torch alone differs for a small norm: this is what expm is for (if torch changes, drop expm).
     a = skew(1e-3)
     assert not torch.equal(torch.linalg.matrix_exp(a[None])[0], torch.linalg.matrix_exp(torch.stack([a, a]))[0])
+
+
+def test_a_member_left_alone_in_its_pack_trains_as_in_company() -> None:
+    # The other members finish after 10 of the target's 24 steps: the target spends the rest of its
+    # run alone in its pack (beside its twin) and still ends bit for bit as in a pack of four.
+    target, other = Spec("irnn", {"identity_scale": 0.5}, {"optimizer": "adam", "lr": 3e-3}), SPECS[0]
+    lone = [target.member(), other.member(config={"steps": 10}), other.member(config={"steps": 10, "lr": 2e-3})]
+    company = [target.member(), *(other.member(config={"lr": lr}) for lr in (1e-3, 2e-3, 5e-3))]
+    ended = {}
+    for name, members in (("lone", lone), ("company", company)):
+        (res,) = [r for r in train_packed(members) if r.member is members[0]]
+        ended[name] = (_reports(res.result.history), members[0].model)
+    assert ended["lone"][0] == ended["company"][0] and len(ended["lone"][0]) == 3
+    for p, q in zip(ended["lone"][1].parameters(), ended["company"][1].parameters(), strict=True):
+        assert torch.equal(p, q)

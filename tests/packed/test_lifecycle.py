@@ -290,3 +290,19 @@ def test_a_member_that_does_not_fit_alone_leaves_with_the_error_and_the_others_f
         model, alone = spec.alone()
         assert_same_history(res[id(member)].result.history, alone.history)
         assert_same_params(member.model, model)
+
+
+def test_a_lone_member_whose_twin_does_not_fit_goes_on_without_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lone member steps beside a twin (so it never runs a batch of one); if the two do not fit,
+    # the member goes on alone rather than failing.
+    sizes = _failing_forward(monkeypatch, lambda members, hidden: members > 1)
+    member = STEADY.member()
+    with caplog.at_level(logging.WARNING):
+        (res,) = train_packed([member])
+    assert res.error is None and res.result.outcome == "completed"
+    assert sizes[:2] == [2, 1] and set(sizes[2:]) == {1}
+    assert any("and its twin ran out of cpu memory" in r.message for r in caplog.records)
+    _, alone = STEADY.alone()
+    assert_same_history(res.result.history, alone.history)

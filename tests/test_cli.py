@@ -362,3 +362,12 @@ def test_report_on_a_home_with_no_store_is_one_line_and_creates_nothing(
     assert "no study store at" in result.output and "Traceback" not in result.output
     assert "irnn-search launch adding-smoke" in result.output
     assert not (home / "optuna.db").exists(), "reading a report made no empty store"
+
+
+def test_a_packed_run_resumed_from_its_checkpoint_retraces_the_uninterrupted_one(tmp_path: Path) -> None:
+    args = ["train", *SMALL, "--packed", "--json"]
+    assert runner.invoke(app, [*args, "--checkpoint-dir", str(tmp_path)]).exit_code == 0
+    resumed = json.loads(runner.invoke(app, [*args, "--checkpoint-dir", str(tmp_path), "--steps", "40"]).stdout)
+    straight = json.loads(runner.invoke(app, [*args, "--steps", "40"]).stdout)
+    assert resumed["resumed_from"] == 20 and resumed["steps"] == straight["steps"] == 40
+    assert resumed["final"]["val_mse"] == straight["final"]["val_mse"]

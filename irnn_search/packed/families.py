@@ -93,9 +93,8 @@ def never_alone(fn: Callable[[Tensor], Any], X: Tensor) -> Any:
 
 
 def expm(S: Tensor) -> Tensor:
-    """Each member's ``matrix_exp`` [K, H, H], the same whatever the pack (``never_alone``): a
-    copy200 expRNN trial whose skew norm fell below 3.01 (where a lone matrix takes a lower
-    Taylor degree) left its study's curve at step 2,800 when re-run as a pack of one."""
+    """Each member's ``matrix_exp`` [K, H, H], the same whatever the pack (``never_alone``): for a
+    1-norm below 3.01 torch computes a lone matrix with a lower Taylor degree than a stack."""
     return never_alone(torch.linalg.matrix_exp, S)
 
 

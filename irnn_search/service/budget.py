@@ -62,7 +62,10 @@ def surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
     was admitted when it started: its continuation is owed even when trials numbered in between
     fill the budget now. Dropping it as surplus would leave the lineage unfinished for good; the
     price is that a fresh trial started in the instant between a trial's release and its
-    re-queue can take the budget one trial over.
+    re-queue can take the budget one trial over. A re-queued copy still waiting when a fresh trial
+    starts counts for its lineage (it will run: ``owed``), so that fresh trial stands down: under
+    chaos (tests/service/test_chaos.py) a worker's ``ask`` raced a janitor's re-queue and the
+    study ended one trial over its budget.
     """
     if model.budget.trials is None:
         return False
@@ -70,6 +73,8 @@ def surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
     first = lineage if type(lineage) is int and 0 <= lineage < trial.number else trial.number
     states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     ahead = sum(g.count for g in _groups(trial.study, before=first) if g.state in states and g.counts)
+    waiting = trial.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    ahead += sum(1 for t in waiting if t.number < first and "retry_of" in t.user_attrs)
     return ahead >= model.budget.trials
 
 

@@ -445,6 +445,37 @@ def test_a_requeued_attempt_is_never_dropped_as_surplus_when_a_trial_raced_its_r
     del first, racer
 
 
+def test_a_fresh_trial_started_while_a_requeued_copy_waits_stands_down_as_surplus(tmp_path: Path, storage: str) -> None:
+    """Seen under chaos (stop 17): the janitor re-queued a lost trial, and before any worker took
+    the copy, another worker's ask created a fresh trial. The copy ran later (it is owed), and the
+    study ended one trial over its budget. The waiting copy counts for its lineage, so the fresh
+    trial stands down."""
+    import dataclasses
+
+    from irnn_search.service.objective import make_objective
+    from irnn_search.service.recovery import Janitor
+
+    spec = dataclasses.replace(load_spec(_spec(tmp_path, trials=2)), warm_start=False)
+    study = open_studies(spec, storage)["irnn"]
+    first, lost = study.ask(), study.ask()  # two workers' trials; the second worker then dies
+    lost.suggest_float("identity_scale", 0.1, 1.0)
+    frozen = study.tell(lost, state=TrialState.FAIL)  # a janitor fails it and re-queues it...
+    Janitor().on_stale(study, frozen)
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    # ...and a worker's ask, which read no waiting trial an instant before, creates a fresh one
+    racer = study._storage.get_trial(study._storage.create_new_trial(study._study_id))
+    assert racer.number > waiting.number and racer.state == TrialState.RUNNING
+    objective = make_objective(spec, "irnn", checkpoint_root=tmp_path / "c")
+    with pytest.raises(optuna.TrialPruned, match="budget was met"):
+        objective(optuna.Trial(study, racer._trial_id))
+    study.tell(racer.number, state=TrialState.PRUNED)
+    copy = study.ask()  # the copy runs: the lineage was admitted
+    assert copy.user_attrs["retry_of"] == lost.number
+    study.tell(copy, objective(copy))
+    assert usage(study).finished + usage(study).running == 2  # first (running) and the copy: the budget
+    del first
+
+
 def test_a_worker_out_of_work_waits_for_a_trial_in_flight_on_a_dead_worker_and_runs_it(
     tmp_path: Path, storage: str
 ) -> None:

@@ -25,11 +25,14 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output in $OUT/NAME.t
 step device 30 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())'"
 # --noconftest: tests/conftest.py brings the server fixtures (sqlalchemy, psycopg), absent there.
 step tests 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest -o addopts="" tests/packed/test_cuda.py
+# Does a packed member's arithmetic depend on its pack on this device? (0: reproduce lines with
+# --packed retrace any packed trial here, as they do on CPU.)
+step independence 40 "$PY" benchmarks/pack_independence.py --device "$DEVICE" --K 4,16 --steps 60
 step scan 60 "$PY" benchmarks/scan_variants.py --device "$DEVICE" --K 64 --repeat 5 --iters 10 --no-compile
 step packed-adding 150 "$PY" benchmarks/packed_speed.py --device "$DEVICE" --shapes adding --hidden 100,128 \
   --K 1,4,16,64,256 --steps 10 --workers 16
 step packed-smnist 120 "$PY" benchmarks/packed_speed.py --device "$DEVICE" --shapes smnist --hidden 128,100 \
   --K-long 1,4,16,64,256 --steps 10 --workers 16
 # Last: torch.compile's first call (forward and backward of a 150-step loop) may take minutes.
-step scan-compile 90 "$PY" benchmarks/scan_variants.py --device "$DEVICE" --K 64 --repeat 3 --iters 10
+step scan-compile 50 "$PY" benchmarks/scan_variants.py --device "$DEVICE" --K 64 --repeat 3 --iters 10
 exit 0

@@ -95,12 +95,10 @@ def _train_packed_alone(
     resume: bool,
 ) -> TrainResult:
     """The run as the one member of a pack (which steps it beside a silent twin, as it steps any
-    lone member: ``irnn_search.packed.loop._Pack``)."""
-    from irnn_search.packed import Member, PackError, train_packed, why_not_packable
+    lone member: ``irnn_search.packed.loop._Pack``). ``PackError`` (from ``train_packed``) where
+    the run cannot be packed."""
+    from irnn_search.packed import Member, train_packed
 
-    why = why_not_packable(run.model, run.task)
-    if why is not None:
-        raise PackError(why)
     member = Member(
         run.model, run.task, run.config, report=report, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume
     )

@@ -313,18 +313,14 @@ class _Pack:
             groups.setdefault((type(task).__name__, repr(sorted(task.describe().items()))), []).append(k)
         metrics: dict[int, dict[str, float]] = {}
         for members in groups.values():
-            index = torch.tensor(members, dtype=torch.long, device=self.device)
+            width = 2 if len(members) == 1 else 1  # never a batch of one: see families.never_alone
+            index = torch.tensor(members * width, dtype=torch.long, device=self.device)
             params = self.model.select(index)
             tasks = [self.runs[k].member.task for k in members]
             totals: list[dict[str, float]] = [{} for _ in members]
-            if len(members) == 1:  # never a batch of one: see families.never_alone
-                params = self.model.select(index.repeat(2))
             for batches in zip(*(t.eval_batches("val") for t in tasks), strict=True):
                 moved: list[Batch] = [_to(b, self.device) for b in batches]
-                x = torch.stack([b.x for b in moved])
-                out, _ = self.model.forward(
-                    x if len(members) > 1 else x.repeat(2, *[1] * (x.dim() - 1)), self.readout, params
-                )
+                out, _ = self.model.forward(torch.stack([b.x for b in moved] * width), self.readout, params)
                 for j, (task, b) in enumerate(zip(tasks, moved, strict=True)):
                     for key, value in task.stats(out[j], b).items():
                         totals[j][key] = totals[j].get(key, 0.0) + value

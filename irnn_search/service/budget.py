@@ -73,9 +73,14 @@ def surplus(trial: optuna.Trial, model: ModelSpec) -> bool:
     first = lineage if type(lineage) is int and 0 <= lineage < trial.number else trial.number
     states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     ahead = sum(g.count for g in _groups(trial.study, before=first) if g.state in states and g.counts)
-    waiting = trial.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    ahead += sum(1 for t in waiting if t.number < first and "retry_of" in t.user_attrs)
+    ahead += sum(1 for t in _waiting_copies(trial.study) if t.number < first)
     return ahead >= model.budget.trials
+
+
+def _waiting_copies(study: optuna.Study) -> list[FrozenTrial]:
+    """Re-queued attempts (released trials' copies, carrying ``retry_of``) no worker has taken yet."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [t for t in waiting if "retry_of" in t.user_attrs]
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,7 @@ def owed(study: optuna.Study) -> bool:
     """Whether a re-queued attempt (a released trial's copy, carrying ``retry_of``) waits in the
     study: it continues a lineage the budget already admitted, so it runs even when the budget
     reads as met (a worker that left it WAITING would leave the lineage unfinished for good)."""
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return any("retry_of" in t.user_attrs for t in waiting)
+    return bool(_waiting_copies(study))
 
 
 def budget_left(study: optuna.Study, model: ModelSpec, u: Usage | None = None) -> bool:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from irnn_search.search.spec import StudySpec
 from irnn_search.search.validate import load_spec
 from irnn_search.service.rerun import rerun_alone
 from irnn_search.service.studies import open_studies
@@ -36,14 +37,20 @@ clip = 1
 """
 
 
-def test_a_trial_rerun_alone_reaches_its_value_and_another_seed_does_not(tmp_path: Path) -> None:
+def _searched(tmp_path: Path, text: str, pack: int = 1) -> tuple[StudySpec, optuna.Study, list[FrozenTrial]]:
+    """The spec ``text``, its IRNN study run to its budget by one worker (``pack``), and its
+    complete trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    path = tmp_path / "rerun.toml"
-    path.write_text(SPEC)
+    path = tmp_path / "spec.toml"
+    path.write_text(text)
     spec = load_spec(path)
     study = open_studies(spec, f"sqlite:///{tmp_path / 'optuna.db'}", None)["irnn"]
-    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=threading.Event())
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=pack)
+    return spec, study, [t for t in study.trials if t.state == TrialState.COMPLETE]
+
+
+def test_a_trial_rerun_alone_reaches_its_value_and_another_seed_does_not(tmp_path: Path) -> None:
+    spec, _, done = _searched(tmp_path, SPEC)
     assert len(done) == 2 and done[0].params["lr"] != done[1].params["lr"]
     for t in done:
         result = rerun_alone(spec, "irnn", t.params)
@@ -70,13 +77,7 @@ def test_a_packed_trial_rerun_as_a_pack_of_one_retraces_it_bit_for_bit(tmp_path:
     from irnn_search.cli import app
     from irnn_search.service.report import model_row
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    path = tmp_path / "packed.toml"
-    path.write_text(PACKED_SPEC)
-    spec = load_spec(path)
-    study = open_studies(spec, f"sqlite:///{tmp_path / 'optuna.db'}", None)["irnn"]
-    work({study.study_name: study}, checkpoint_root=tmp_path / "c", stop=threading.Event(), pack=3)
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    spec, study, done = _searched(tmp_path, PACKED_SPEC, pack=3)
     assert len(done) == 3 and all(t.user_attrs.get("pack_slots") == 3 for t in done)
     assert len({(t.params["optimizer"], t.params["lr"]) for t in done}) == 3
     for t in done:
